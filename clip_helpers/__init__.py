@@ -1,0 +1,1 @@
+"""clip_helpers: the tested core of clip-kit."""

@@ -1,0 +1,59 @@
+"""Captions and the text tower: class names to prompts, prompts to features."""
+import clip
+import torch
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+# openai/CLIP data/prompts.md, CIFAR-10: the 18 prompts whose averaged embeddings give the paper's 91.3%.
+CIFAR10_TEMPLATES = [
+    "a photo of a {}.", "a blurry photo of a {}.", "a black and white photo of a {}.",
+    "a low contrast photo of a {}.", "a high contrast photo of a {}.", "a bad photo of a {}.",
+    "a good photo of a {}.", "a photo of a small {}.", "a photo of a big {}.",
+    "a photo of the {}.", "a blurry photo of the {}.", "a black and white photo of the {}.",
+    "a low contrast photo of the {}.", "a high contrast photo of the {}.", "a bad photo of the {}.",
+    "a good photo of the {}.", "a photo of the small {}.", "a photo of the big {}.",
+]
+
+
+def captions_from_labels(class_names, template="{}", labels=None):
+    """One caption per class, or per label when `labels` is given. The report used the bare name ("{}")."""
+    if labels is None:
+        return [template.format(name) for name in class_names]
+    return [template.format(class_names[int(label)]) for label in labels]
+
+
+def tokenize(model, texts):
+    """BPE token ids padded to the model's context length, as `model.encode_text` expects them."""
+    return clip.tokenize(list(texts), context_length=model.context_length)
+
+
+def encode_texts(model, texts):
+    """Unnormalised text features, equal to `model.encode_text(tokenize(model, texts))`, but cheaper.
+
+    Each distinct text is encoded once. The text transformer's mask is causal, so the tokens after the
+    longest end-of-text token cannot change any feature: we run only that many positions instead of
+    the full context (77 for OpenAI's models; a class-name caption needs about 6).
+    """
+    texts = list(texts)
+    unique = list(dict.fromkeys(texts))
+    tokens = tokenize(model, unique).to(model.positional_embedding.device)
+    end = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
+    length = int(end.max()) + 1
+    x = model.token_embedding(tokens[:, :length]).type(model.dtype)
+    x = x + model.positional_embedding[:length].type(model.dtype)
+    x = causal_transformer(model.transformer, x.permute(1, 0, 2)).permute(1, 0, 2)
+    x = model.ln_final(x).type(model.dtype)
+    features = x[torch.arange(len(unique)), end] @ model.text_projection
+    position = {text: i for i, text in enumerate(unique)}
+    return features[torch.tensor([position[text] for text in texts], device=features.device)]
+
+
+def causal_transformer(transformer, x):
+    """clip's residual blocks on a sequence shorter than the context, with a causal mask to match."""
+    length = x.shape[0]
+    mask = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
+    for block in transformer.resblocks:
+        h = block.ln_1(x)
+        x = x + block.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+        x = x + block.mlp(block.ln_2(x))
+    return x

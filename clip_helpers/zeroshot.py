@@ -1,0 +1,52 @@
+"""Zero-shot classification: class prompts become a linear classifier over image features."""
+import numpy as np
+import torch
+
+from .features import encode_images
+from .similarity import normalize
+from .text import encode_texts
+
+
+@torch.no_grad()
+def build_classifier(model, class_names, templates):
+    """[n_classes, dim]: each class's template embeddings, normalised, averaged, renormalised."""
+    texts = [template.format(name) for name in class_names for template in templates]
+    text_features = normalize(encode_texts(model, texts).float())
+    per_class = text_features.reshape(len(class_names), len(templates), -1).mean(dim=1)
+    return normalize(per_class)
+
+
+def logits(image_features, classifier, logit_scale=100.0):
+    return logit_scale * normalize(image_features.float()) @ classifier.T.to(image_features.device)
+
+
+@torch.no_grad()
+def predict(model, images, classifier):
+    """[n_images, n_classes] class probabilities for a batch of preprocessed images."""
+    image_features = model.encode_image(images.to(model.positional_embedding.device))
+    return logits(image_features, classifier.to(image_features.device), model.logit_scale.exp()).softmax(dim=-1)
+
+
+def scores(image_features, labels, classifier):
+    """Top-1, top-5 and mean per-class recall (percent) and the confusion matrix, from image features."""
+    labels = torch.as_tensor(labels).cpu()
+    n_classes = len(classifier)
+    ranked = logits(image_features.cpu(), classifier.cpu()).topk(min(5, n_classes), dim=-1).indices
+    predictions = ranked[:, 0]
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (labels.numpy(), predictions.numpy()), 1)
+    seen = confusion.sum(axis=1) > 0
+    recall = confusion.diagonal()[seen] / confusion.sum(axis=1)[seen]
+    return {
+        "top1": 100 * (predictions == labels).float().mean().item(),
+        "top5": 100 * (ranked == labels[:, None]).any(dim=-1).float().mean().item(),
+        "mean_per_class_recall": 100 * float(recall.mean()),
+        "confusion": confusion,
+        "n": len(labels),
+    }
+
+
+def evaluate(model, loader, classifier, progress=False):
+    """Zero-shot scores over a loader of (images, labels); the class prompts are encoded once, before."""
+    image_features, labels = encode_images(model, loader, progress=progress)
+    return scores(image_features, labels, classifier)

@@ -1,0 +1,45 @@
+import torch
+
+from clip_helpers.text import (CIFAR10_CLASSES, CIFAR10_TEMPLATES, captions_from_labels, encode_texts,
+                               tokenize)
+
+TEXTS = ["a photo of a dog.", "cat", "a photo of a dog.", "a blurry photo of the big truck flying over a ship",
+         "a photo of a dog.", ""]
+
+
+def test_cifar10_names_and_templates():
+    assert len(CIFAR10_CLASSES) == 10 and CIFAR10_CLASSES[1] == "automobile"
+    assert len(CIFAR10_TEMPLATES) == 18 == len(set(CIFAR10_TEMPLATES))
+    assert all(t.count("{}") == 1 for t in CIFAR10_TEMPLATES)
+
+
+def test_captions_from_labels():
+    assert captions_from_labels(["cat", "dog"]) == ["cat", "dog"]  # the report's bare class names
+    assert captions_from_labels(["cat", "dog"], "a photo of a {}.", labels=[1, 1, 0]) == [
+        "a photo of a dog.", "a photo of a dog.", "a photo of a cat."]
+
+
+def test_encode_texts_equals_encode_text(mini, vit_b32):
+    for model in (mini, vit_b32):
+        with torch.no_grad():
+            expected = model.encode_text(tokenize(model, TEXTS))
+            features = encode_texts(model, TEXTS)
+        assert features.shape == expected.shape
+        torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
+
+
+def test_encode_texts_encodes_each_distinct_text_once(mini, monkeypatch):
+    seen = []
+    original = mini.token_embedding.forward
+    monkeypatch.setattr(mini.token_embedding, "forward", lambda tokens: seen.append(tokens.shape) or original(tokens))
+    encode_texts(mini, TEXTS)
+    (shape,) = seen
+    longest = int(tokenize(mini, TEXTS).argmax(dim=-1).max()) + 1
+    assert shape == (len(set(TEXTS)), longest) and longest < mini.context_length
+
+
+def test_encode_texts_is_differentiable(mini):
+    model = type(mini)(**__import__("clip_helpers.models", fromlist=["MINI_CLIP"]).MINI_CLIP)
+    encode_texts(model, ["a red circle", "a red circle", "a blue star"]).sum().backward()
+    assert model.token_embedding.weight.grad.abs().sum() > 0
+    assert model.text_projection.grad.abs().sum() > 0

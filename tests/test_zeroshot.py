@@ -1,0 +1,48 @@
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from clip_helpers.similarity import normalize
+from clip_helpers.text import encode_texts
+from clip_helpers.zeroshot import build_classifier, evaluate, predict, scores
+
+
+def test_classifier_is_the_normalised_mean_of_template_embeddings(mini):
+    class_names, templates = ["circle", "star", "square"], ["a {}.", "a photo of a {}.", "a drawing of the {}."]
+    classifier = build_classifier(mini, class_names, templates)
+    assert classifier.shape == (3, mini.text_projection.shape[1])
+    torch.testing.assert_close(classifier.norm(dim=-1), torch.ones(3))
+    with torch.no_grad():
+        star = normalize(encode_texts(mini, [t.format("star") for t in templates])).mean(dim=0)
+    torch.testing.assert_close(classifier[1], star / star.norm(), atol=1e-6, rtol=0)
+
+
+def test_predict_is_the_softmax_of_the_models_own_logits(mini, generator):
+    class_names = ["red circle", "blue star"]
+    images = torch.randn(3, 3, 32, 32, generator=generator)
+    probabilities = predict(mini, images, build_classifier(mini, class_names, ["{}"]))
+    from clip_helpers.text import tokenize
+    with torch.no_grad():
+        expected = mini(images, tokenize(mini, class_names))[0].softmax(dim=-1)
+    torch.testing.assert_close(probabilities, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_scores_by_hand():
+    classifier = torch.eye(3)
+    image_features = torch.tensor([[1.0, 0.1, 0.0], [0.0, 1.0, 0.5], [0.9, 0.0, 1.0], [0.2, 1.0, 0.0]])
+    labels = torch.tensor([0, 1, 2, 2])  # predictions: 0, 1, 2, 1
+    result = scores(image_features, labels, classifier)
+    assert result["top1"] == 75.0 and result["n"] == 4
+    assert result["top5"] == 100.0  # only three classes: top-5 covers them all
+    assert np.isclose(result["mean_per_class_recall"], 100 * (1 + 1 + 0.5) / 3)
+    assert result["confusion"].tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+def test_evaluate_matches_predict(mini, generator):
+    images = torch.randn(10, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 4, (10,), generator=generator)
+    classifier = build_classifier(mini, ["a", "b", "c", "d"], ["{}"])
+    result = evaluate(mini, DataLoader(TensorDataset(images, labels), batch_size=4), classifier)
+    predictions = predict(mini, images, classifier).argmax(dim=-1)
+    assert result["top1"] == 100 * (predictions == labels).float().mean().item()
+    assert result["confusion"].sum() == 10
