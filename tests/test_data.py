@@ -1,0 +1,282 @@
+import os
+import pickle
+import random
+import urllib.error
+import urllib.request
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from skimage import data as photos
+from torch.utils.data import Subset
+from torchvision.transforms import ToTensor
+
+from clip_helpers.data import (CALTECH256_URL, ImageFolderCaptions, caltech256, cifar10, class_name, split,
+                               targets_of)
+from clip_helpers.shapes import ShapesDataset
+
+
+def photo(name, size=48):
+    return Image.fromarray(getattr(photos, name)()).resize((size, size))
+
+
+def noise(seed, size=16):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A Caltech-style folder: real photos, odd colour modes, a corrupt and a truncated file, and clutter."""
+    root = tmp_path_factory.mktemp("256_ObjectCategories")
+    ak47, bat, frog, clutter = (root / name for name in ("001.ak47", "002.baseball-bat", "003.frog", "257.clutter"))
+    for d in (ak47, bat, frog, clutter, root / ".ipynb_checkpoints", root / "004.empty"):
+        d.mkdir()
+    photo("astronaut").save(ak47 / "001_0001.jpg")
+    photo("coffee").save(ak47 / "001_0002.png")
+    photo("chelsea").convert("L").save(ak47 / "001_0003.jpg")
+    photo("rocket").convert("CMYK").save(ak47 / "001_0004.jpg")
+    rgba = photo("chelsea").convert("RGBA")
+    rgba.putalpha(0)  # fully transparent: should come out white, not black
+    rgba.save(bat / "002_0001.png")
+    photo("coffee").convert("P").save(bat / "002_0002.gif")
+    photo("astronaut").save(bat / "002_0003.JPEG")
+    (bat / "002_0004.jpg").write_bytes(np.random.default_rng(0).bytes(2000))  # corrupt
+    whole = ak47 / "001_0001.jpg"
+    (bat / "002_0005.jpg").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # truncated
+    (bat / "notes.txt").write_text("not an image")
+    for i in range(30):
+        noise(i).save(frog / f"003_{i:04d}.jpg")
+    for i in range(5):
+        noise(100 + i).save(clutter / f"257_{i:04d}.png")
+    photo("astronaut").save(root / ".ipynb_checkpoints" / "x.jpg")
+    (root / "004.empty" / "readme.txt").write_text("no images here")
+    return root
+
+
+def load(root, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = ImageFolderCaptions(root, **kwargs)
+    return dataset, [str(w.message) for w in caught]
+
+
+def test_class_names_come_from_folder_names(folder):
+    dataset, _ = load(folder)
+    assert dataset.classes == ["ak47", "baseball bat", "frog", "clutter"]
+    for path, label in dataset.samples:
+        assert class_name(os.path.basename(os.path.dirname(path))) == dataset.classes[label]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("001.ak47", "ak47"), ("257.clutter", "clutter"), ("002.american-flag", "american flag"),
+    ("251.airplanes-101", "airplanes"), ("golden_retriever", "golden retriever"), ("cats", "cats"),
+])
+def test_class_name(name, expected):
+    assert class_name(name) == expected
+
+
+def test_unreadable_files_are_skipped_with_one_warning(folder):
+    dataset, messages = load(folder)
+    bat = folder / "002.baseball-bat"
+    assert dataset.skipped == [str(bat / "002_0004.jpg"), str(bat / "002_0005.jpg")]
+    skipped_warnings = [m for m in messages if "skipped" in m]
+    assert len(skipped_warnings) == 1 and "2 " in skipped_warnings[0] and ".skipped" in skipped_warnings[0]
+    assert len(dataset) == 4 + 3 + 30 + 5 == len(dataset.targets)
+    assert not any(path in dict(dataset.samples) for path in dataset.skipped)
+    assert "notes.txt" not in str(dataset.samples) and ".ipynb_checkpoints" not in str(dataset.samples)
+
+
+def test_clean_folder_gives_no_warning(tmp_path):
+    (tmp_path / "001.frog").mkdir()
+    noise(0).save(tmp_path / "001.frog" / "a.png")
+    dataset, messages = load(tmp_path)
+    assert messages == [] and dataset.skipped == [] and len(dataset) == 1
+
+
+def test_every_image_comes_out_rgb(folder):
+    dataset, _ = load(folder)
+    for image, label in dataset:
+        assert image.mode == "RGB" and isinstance(label, int)
+
+
+def test_images_are_the_files_pixels(folder):
+    dataset, _ = load(folder)
+    paths = [path for path, _ in dataset.samples]
+    coffee, _ = dataset[paths.index(str(folder / "001.ak47" / "001_0002.png"))]
+    assert np.array_equal(np.asarray(coffee), np.asarray(photo("coffee")))  # png is lossless
+    transparent, _ = dataset[paths.index(str(folder / "002.baseball-bat" / "002_0001.png"))]
+    assert np.asarray(transparent).min() == 255
+    gray, _ = dataset[paths.index(str(folder / "001.ak47" / "001_0003.jpg"))]
+    r, g, b = np.asarray(gray, dtype=int).transpose(2, 0, 1)
+    assert (r == g).all() and (g == b).all() and r.std() > 10
+
+
+def test_transform_is_applied(folder):
+    dataset, _ = load(folder, transform=ToTensor())
+    image, _ = dataset[0]
+    assert isinstance(image, torch.Tensor) and image.shape == (3, 48, 48)
+
+
+def test_samples_are_sorted(folder):
+    dataset, _ = load(folder)
+    frogs = [path for path, label in dataset.samples if label == 2]
+    assert frogs == sorted(frogs) and len(frogs) == 30
+
+
+def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="001.ak47"):
+        ImageFolderCaptions(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="001.ak47"):
+        ImageFolderCaptions(tmp_path)
+    (tmp_path / "001.ak47").mkdir()
+    (tmp_path / "001.ak47" / "readme.txt").write_text("no images")
+    with pytest.raises(ValueError, match="001.ak47"):
+        ImageFolderCaptions(tmp_path)
+    (tmp_path / "001.ak47" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="could be read"), pytest.warns(UserWarning, match="skipped 1"):
+        ImageFolderCaptions(tmp_path)
+
+
+def test_targets_of_reads_labels_without_the_images(folder):
+    dataset, _ = load(folder)
+    assert targets_of(dataset) == [label for _, label in dataset]
+    shapes = ShapesDataset(n_per_class=2)
+    assert targets_of(shapes) == [label for _, label in shapes]
+    nested = Subset(Subset(dataset, [5, 0, 40, 7]), [3, 0, 2])
+    assert targets_of(nested) == [label for _, label in nested]
+
+
+def check_split(dataset, val_fraction, seed=0):
+    train, val = split(dataset, val_fraction, seed)
+    assert set(train.indices).isdisjoint(val.indices)
+    assert sorted(train.indices + val.indices) == list(range(len(dataset)))
+    labels = np.array(targets_of(dataset))
+    for label in np.unique(labels):
+        n = (labels == label).sum()
+        n_val = (labels[val.indices] == label).sum()
+        if n >= 2:
+            assert 1 <= n_val <= n - 1
+        assert abs(n_val - n * val_fraction) <= 1
+    return train, val
+
+
+def test_split_is_stratified_disjoint_and_covering(folder):
+    dataset, _ = load(folder)
+    train, val = check_split(dataset, 0.2)
+    assert len(val) == 1 + 1 + 6 + 1
+    check_split(ShapesDataset(n_per_class=10), 0.25)
+    check_split(ShapesDataset(n_per_class=3), 0.01)  # rounds to 0 per class, but every class still gets one
+
+
+def test_split_is_deterministic_from_seed():
+    shapes = ShapesDataset(n_per_class=10)
+    assert split(shapes, 0.3, seed=1)[1].indices == split(shapes, 0.3, seed=1)[1].indices
+    assert split(shapes, 0.3, seed=1)[1].indices != split(shapes, 0.3, seed=2)[1].indices
+
+
+def test_a_class_with_one_item_goes_to_train():
+    class Labels:
+        targets = [0, 1, 1, 1, 1]
+
+        def __len__(self):
+            return 5
+    train, val = split(Labels(), 0.5)
+    assert 0 in train.indices and 0 not in val.indices
+
+
+@pytest.mark.parametrize("val_fraction", [0, 1, -0.1, 1.5])
+def test_split_refuses_impossible_fractions(val_fraction):
+    with pytest.raises(ValueError, match="val_fraction"):
+        split(ShapesDataset(n_per_class=2), val_fraction)
+
+
+def test_the_reports_split_leaks_and_ours_does_not(folder):
+    dataset, _ = load(folder)
+    # As in the report's listing (section 4.3): both slices start at row 0 of the same shuffled list.
+    allImagesPathsandTexts = [(path, dataset.classes[label]) for path, label in dataset.samples]
+    random.Random(0).shuffle(allImagesPathsandTexts)
+    trainDataLen = int(len(allImagesPathsandTexts) * 30 / 100)
+    validationDataLen = int(len(allImagesPathsandTexts) * 3 / 100)
+    report_train = allImagesPathsandTexts[0:trainDataLen][:]
+    report_val = allImagesPathsandTexts[0:validationDataLen][:]
+    assert len(report_val) > 0 and all(row in report_train for row in report_val)  # every validation row is trained on
+
+    train, val = split(dataset, 0.03)
+    ours_train = {dataset.samples[i][0] for i in train.indices}
+    ours_val = {dataset.samples[i][0] for i in val.indices}
+    assert len(ours_val) > 0 and ours_train.isdisjoint(ours_val)
+    assert ours_train | ours_val == {path for path, _ in dataset.samples}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """torchvision's downloads fail as they do offline; records which URLs were tried."""
+    tried = []
+
+    def fail(url, *args, **kwargs):
+        tried.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", fail)
+    monkeypatch.setattr(urllib.request, "urlopen", fail)  # a safety net: nothing here may reach the network
+    return tried
+
+
+def assert_clear(error, url, folder):
+    message = str(error.value)
+    assert url in message and str(folder) in message
+    assert "PROFILE=offline" in message and "clip_helpers.shapes" in message
+
+
+def test_cifar10_offline_error_names_url_folder_and_alternative(tmp_path, no_network):
+    with pytest.raises(RuntimeError) as error:
+        cifar10(root=tmp_path)
+    assert no_network == [torchvision.datasets.CIFAR10.url]
+    assert_clear(error, no_network[0], tmp_path / "cifar-10-batches-py")
+    assert isinstance(error.value.__cause__, urllib.error.URLError)
+    with pytest.raises(RuntimeError) as error:
+        cifar10(root=tmp_path, train=False, download=False)
+    assert_clear(error, no_network[0], tmp_path / "cifar-10-batches-py")
+
+
+def test_caltech256_offline_error_names_url_folder_and_alternative(tmp_path, no_network):
+    with pytest.raises(RuntimeError) as error:
+        caltech256(root=tmp_path)
+    assert no_network == [CALTECH256_URL]  # the URL we print is the one torchvision really uses
+    assert_clear(error, CALTECH256_URL, tmp_path / "caltech256" / "256_ObjectCategories")
+    with pytest.raises(RuntimeError) as error:
+        caltech256(root=tmp_path, download=False)
+    assert_clear(error, CALTECH256_URL, tmp_path / "caltech256" / "256_ObjectCategories")
+
+
+def test_caltech256_from_disk_is_rgb_with_classes(tmp_path, no_network):
+    categories = tmp_path / "caltech256" / "256_ObjectCategories"
+    for number, name, mode in [(1, "ak47", "L"), (2, "american-flag", "RGB"), (3, "backpack", "CMYK")]:
+        (categories / f"{number:03d}.{name}").mkdir(parents=True)
+        # torchvision rebuilds file names as <position of the folder>_<item>.jpg, so numbering must have no gaps
+        for i in (1, 2):
+            photo("chelsea").convert(mode).save(categories / f"{number:03d}.{name}" / f"{number:03d}_{i:04d}.jpg")
+    dataset = caltech256(root=tmp_path, transform=ToTensor())
+    assert no_network == [] and dataset.classes == ["ak47", "american flag", "backpack"]
+    assert targets_of(dataset) == [0, 0, 1, 1, 2, 2] == [label for _, label in dataset]
+    assert all(image.shape == (3, 48, 48) for image, _ in dataset)
+    assert caltech256(root=tmp_path)[0][0].mode == "RGB"
+
+
+def test_cifar10_from_disk_needs_no_network(tmp_path, no_network, monkeypatch):
+    # Real CIFAR files are checked by md5; a fake copy in the same format only passes with the check disabled.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, 4).tolist()}
+        (batches / name).write_bytes(pickle.dumps(batch))
+    (batches / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+    dataset = cifar10(root=tmp_path, train=False)
+    assert no_network == [] and len(dataset) == 4
+    assert targets_of(dataset) == [label for _, label in dataset]
+    assert dataset[0][0].mode == "RGB" and dataset[0][0].size == (32, 32)

@@ -1,0 +1,110 @@
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import ToTensor
+
+from clip_helpers.shapes import COLOURS, HELD_OUT, SHAPES, SHAPES_TEMPLATES, ShapesDataset
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_36_classes_in_the_same_order_for_every_split():
+    splits = [ShapesDataset(split, n_per_class=1) for split in ("train", "heldout", "all")]
+    expected = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    assert len(expected) == len(set(expected)) == 36
+    assert all(dataset.classes == expected for dataset in splits)
+
+
+def test_held_out_is_one_pair_per_colour_and_per_shape():
+    assert len(HELD_OUT) == 6
+    assert sorted(colour for colour, _ in HELD_OUT) == sorted(COLOURS)
+    assert sorted(shape for _, shape in HELD_OUT) == sorted(SHAPES)
+
+
+def test_splits_contain_exactly_the_right_classes():
+    held_out = {f"{colour} {shape}" for colour, shape in HELD_OUT}
+    train, heldout, everything = (ShapesDataset(split, n_per_class=3) for split in ("train", "heldout", "all"))
+    names = lambda dataset: [dataset.classes[label] for _, label in dataset]  # noqa: E731 (labels as returned by items)
+    assert set(names(train)) == set(train.classes) - held_out
+    assert set(names(heldout)) == held_out
+    assert set(names(everything)) == set(everything.classes)
+    assert (len(train), len(heldout), len(everything)) == (30 * 3, 6 * 3, 36 * 3)
+    assert train.targets == [label for _, label in train]
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_images_are_rgb_at_the_requested_size(size):
+    image, label = ShapesDataset("all", n_per_class=1, image_size=size)[7]
+    assert image.mode == "RGB" and image.size == (size, size)
+    assert isinstance(label, int) and label == 7
+
+
+def test_same_seed_same_pixels_whatever_the_access_order():
+    a, b = ShapesDataset(n_per_class=4, seed=3), ShapesDataset(n_per_class=4, seed=3)
+    forward = [pixels(a[i][0]) for i in range(len(a))]
+    backward = [pixels(b[i][0]) for i in reversed(range(len(b)))][::-1]
+    assert all(np.array_equal(x, y) for x, y in zip(forward, backward))
+
+
+def test_an_item_is_the_same_image_in_every_split():
+    train, everything = ShapesDataset("train", n_per_class=2), ShapesDataset("all", n_per_class=2)
+    label = train.targets[5]
+    k = 5 - train.targets.index(label)
+    j = everything.targets.index(label) + k
+    assert np.array_equal(pixels(train[5][0]), pixels(everything[j][0]))
+
+
+def test_different_seeds_and_items_differ():
+    a, b = ShapesDataset(n_per_class=2, seed=0), ShapesDataset(n_per_class=2, seed=1)
+    assert not np.array_equal(pixels(a[0][0]), pixels(b[0][0]))
+    assert not np.array_equal(pixels(a[0][0]), pixels(a[1][0]))
+
+
+def test_transform_is_applied():
+    image, _ = ShapesDataset(n_per_class=1, transform=ToTensor())[0]
+    assert isinstance(image, torch.Tensor) and image.shape == (3, 32, 32)
+    assert 0 <= image.min() and image.max() <= 1
+
+
+HUES = {"red": (345, 15), "orange": (18, 42), "yellow": (45, 65),
+        "green": (95, 150), "blue": (210, 245), "purple": (265, 300)}
+
+
+@pytest.mark.parametrize("colour", COLOURS)
+def test_shapes_are_their_colour(colour):
+    # The pale background has little saturation, so the saturated pixels are the shape; their mean hue must
+    # fall in the colour's usual band of the colour wheel (bands written here, independently of shapes.RGB).
+    dataset = ShapesDataset("all", n_per_class=3, seed=1)
+    low, high = HUES[colour]
+    for image, label in dataset:
+        if not dataset.classes[label].startswith(colour + " "):
+            continue
+        rgb = np.asarray(image, dtype=float).reshape(-1, 3) / 255
+        hsv = np.array([colorsys.rgb_to_hsv(*p) for p in rgb])
+        shape = hsv[hsv[:, 1] > 0.5]
+        assert len(shape) > 0.05 * len(rgb), "the shape should cover a visible part of the image"
+        angles = shape[:, 0] * 2 * np.pi
+        hue = np.degrees(np.arctan2(np.sin(angles).mean(), np.cos(angles).mean())) % 360
+        assert (low <= hue <= high) if low < high else (hue >= low or hue <= high), (dataset.classes[label], hue)
+
+
+def test_background_is_pale_and_noisy():
+    for image, _ in ShapesDataset(n_per_class=3):
+        image = pixels(image)
+        corners = np.concatenate([image[:2, :2], image[:2, -2:], image[-2:, :2], image[-2:, -2:]]).reshape(-1, 3)
+        assert corners.min() > 150  # shapes keep clear of the corners, so these are background
+        assert (corners.std(axis=0) > 2).all()
+
+
+def test_templates_make_captions():
+    assert len(SHAPES_TEMPLATES) >= 4 and all("{}" in template for template in SHAPES_TEMPLATES)
+    assert SHAPES_TEMPLATES[1].format("red circle") == "a photo of a red circle."
+
+
+def test_bad_split_is_refused():
+    with pytest.raises(ValueError, match="heldout"):
+        ShapesDataset("test")
