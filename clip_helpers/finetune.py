@@ -1,0 +1,104 @@
+"""Command line for the kit's fine-tuning loop (clip_helpers.train.fine_tune); notebook 05 and
+`make reproduce` call the same `fine_tune_on` function.
+
+    python -m clip_helpers.finetune --model ViT-B/32 --dataset caltech256 --epochs 5 --batch-size 32
+    python -m clip_helpers.finetune --model mini --dataset shapes --epochs 3 --batch-size 64   # offline
+
+Prints the history and writes it as history.csv in the run folder (<data-dir>/runs/<run>/), beside the
+checkpoint that --resume continues from.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader, Subset
+
+from .data import caltech256, cifar10, split
+from .device import get_device
+from .models import load_clip
+from .text import CIFAR10_CLASSES, CIFAR10_TEMPLATES
+from .train import MINI_RECIPE, TrainConfig, fine_tune, train_loader_for
+
+DATASETS = ("caltech256", "cifar10", "shapes")
+
+
+def subset(dataset, size, seed=0):
+    """`size` items of `dataset` drawn at random (all of them when size is None or larger)."""
+    if size is None or size >= len(dataset):
+        return dataset
+    return Subset(dataset, np.random.default_rng(seed).permutation(len(dataset))[:size].tolist())
+
+
+def datasets_for(name, preprocess, data_dir, train_size, val_size, seed=0):
+    """(train, val, class_names, templates, eval_templates) for a dataset name; train and val never share an image."""
+    if name == "cifar10":  # the official split: fine-tune on train, validate on test
+        train, val = cifar10(data_dir, train=True, transform=preprocess), cifar10(data_dir, train=False, transform=preprocess)
+        class_names, templates, eval_templates = CIFAR10_CLASSES, ["{}"], CIFAR10_TEMPLATES
+    elif name == "caltech256":  # no official split: a stratified one (the report validated on training rows)
+        dataset = caltech256(data_dir, transform=preprocess)
+        train, val = split(dataset, val_fraction=0.2, seed=seed)
+        class_names, templates, eval_templates = dataset.classes, ["{}"], CIFAR10_TEMPLATES
+    elif name == "shapes":
+        from .shapes import SHAPES_TEMPLATES, ShapesDataset
+        dataset = ShapesDataset("train", n_per_class=MINI_RECIPE["n_per_class"], seed=seed, transform=preprocess)
+        train, val = split(dataset, val_fraction=MINI_RECIPE["val_fraction"], seed=seed)
+        class_names, templates, eval_templates = dataset.classes, SHAPES_TEMPLATES, SHAPES_TEMPLATES
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
+    return subset(train, train_size, seed), subset(val, val_size, seed), class_names, templates, eval_templates
+
+
+def fine_tune_on(model_name="ViT-B/32", dataset="caltech256", num_epochs=5, batch_size=32, lr=None,
+                 train_size=5000, val_size=1000, run=None, resume=False, device=None, data_dir="data",
+                 workers=0, progress=True):
+    """(model, history): load `model_name`, fine-tune it on `dataset` with the kit's loop.
+
+    The defaults follow the report (ViT-B/32, Caltech-256, ~5000 training and 1000 validation images).
+    lr defaults to 1e-5 for pretrained weights and to MINI_RECIPE's for the from-scratch "mini" model.
+    """
+    device = device or get_device()
+    model, preprocess = load_clip(model_name, device=device, download_root=str(Path(data_dir) / "weights"))
+    train, val, class_names, templates, eval_templates = datasets_for(dataset, preprocess, data_dir, train_size, val_size)
+    run = run or f"{dataset}-{model_name.replace('/', '-')}"
+    config = TrainConfig(class_names=class_names, templates=templates, eval_templates=eval_templates,
+                         num_epochs=num_epochs, lr=lr or (MINI_RECIPE["lr"] if model_name == "mini" else 1e-5),
+                         run_dir=str(Path(data_dir) / "runs" / run), resume=resume, progress=progress)
+    pin = str(device).startswith("cuda")
+    history = fine_tune(model, train_loader_for(train, batch_size, config.seed, workers),
+                        DataLoader(val, batch_size=batch_size, num_workers=workers, pin_memory=pin), config)
+    return model, history
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m clip_helpers.finetune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="ViT-B/32", help="a clip model name, 'mini', or a checkpoint file")
+    parser.add_argument("--dataset", default="caltech256", choices=DATASETS)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=None, help="default: 1e-5 (pretrained), 2e-3 (mini)")
+    parser.add_argument("--train-size", type=int, default=5000)
+    parser.add_argument("--val-size", type=int, default=1000)
+    parser.add_argument("--run", default=None, help="run name: checkpoints go to <data-dir>/runs/<run>/")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = args.run or f"{args.dataset}-{args.model.replace('/', '-')}"
+    _, history = fine_tune_on(args.model, args.dataset, args.epochs, args.batch_size, args.lr, args.train_size,
+                              args.val_size, run, args.resume, args.device, args.data_dir, args.workers,
+                              progress=not args.no_progress)
+    path = Path(args.data_dir) / "runs" / run / "history.csv"
+    history.to_csv(path, index=False)
+    print(history.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print(f"history written to {path}")
+    return history
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Every figure of the course: tensors, arrays or DataFrames in, a matplotlib Figure out.
+
+Nothing else in the package draws. Functions never call plt.show(); a notebook displays the returned
+figure, and save_figure writes it as a PNG.
+"""
+from pathlib import Path
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+
+CMAP = "viridis"
+
+
+def to_array(image):
+    """HxWx3 (or HxW) array in [0, 1] or uint8, from a PIL image, an array, or a CHW tensor."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().float()
+        if image.dim() == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)
+        image = image.squeeze(-1) if image.dim() == 3 and image.shape[-1] == 1 else image
+        if image.min() < 0 or image.max() > 1:  # a normalised tensor: stretch it back into [0, 1] for display
+            image = (image - image.min()) / (image.max() - image.min() + 1e-8)
+        return image.numpy()
+    return np.asarray(image)
+
+
+def as_numpy(matrix):
+    if isinstance(matrix, torch.Tensor):
+        return matrix.detach().cpu().float().numpy()
+    return np.asarray(matrix, dtype=float)
+
+
+def image_grid(images, captions=None, ncols=8, title=None, size=1.6):
+    """Images in a grid, each with its caption underneath (wrapped to two short lines)."""
+    n = len(images)
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    caption_room = 0.45 if captions is not None else 0.05
+    height = (size + caption_room) * nrows + (0.4 if title else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, image) in enumerate(zip(axes.flat, images)):
+        ax.imshow(to_array(image), cmap="gray")
+        if captions is not None:
+            ax.set_title(wrap(str(captions[i]), 18), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def wrap(text, width):
+    """Break text into lines of about `width` characters at spaces (captions under thumbnails)."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "\n".join(lines + [line])
+
+
+def convolution_figure(image, kernel, response, title="A horizontal-line kernel slid over a photo"):
+    """The report's Fig 5: the photo, the kernel with its weights written in, and the response map."""
+    kernel = as_numpy(kernel)
+    response = as_numpy(response)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), gridspec_kw=dict(width_ratios=[1, 0.55, 1]))
+    axes[0].imshow(to_array(image), cmap="gray")
+    axes[0].set_title("input photo (grayscale)")
+    limit = np.abs(kernel).max()
+    kernel_shown = axes[1].imshow(kernel, cmap="RdBu_r", vmin=-2 * limit, vmax=2 * limit)
+    write_values(axes[1], kernel, kernel_shown, "{:g}", fontsize=13)
+    axes[1].set_title(f"kernel {kernel.shape[0]}x{kernel.shape[1]}")
+    magnitude = np.abs(response)
+    shown = axes[2].imshow(magnitude, cmap="magma", vmax=np.percentile(magnitude, 99.5))
+    axes[2].set_title("|response|: bright = horizontal edge")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def matrix_heatmap(matrix, row_labels, col_labels, title, xlabel="", ylabel="", fmt="{:.2f}", cmap=CMAP,
+                   vmin=None, vmax=None, colorbar_label="", colorbar=True):
+    """A labelled matrix with its values written in the cells and a colour bar."""
+    values = as_numpy(matrix)
+    n_rows, n_cols = values.shape
+    cell = 0.7 if max(n_rows, n_cols) <= 12 else 0.3
+    fig, ax = plt.subplots(figsize=(max(5, cell * n_cols + 3.5), max(3.5, cell * n_rows + 1.8)))
+    shown = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
+    big = max(n_rows, n_cols) > 12
+    write_values(ax, values, shown, fmt, fontsize=5 if big else 9, skip_zeros=big)
+    ax.set_xticks(range(n_cols), [str(label) for label in col_labels], rotation=45, ha="right",
+                  fontsize=7 if big else 9)
+    ax.set_yticks(range(n_rows), [str(label) for label in row_labels], fontsize=7 if big else 9)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if colorbar:
+        fig.colorbar(shown, ax=ax, label=colorbar_label, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def write_values(ax, values, shown, fmt, fontsize=9, skip_zeros=False):
+    """Numbers in the cells, dark on light cells and light on dark ones (big matrices: zeros left blank)."""
+    for (row, col), value in np.ndenumerate(values):
+        if skip_zeros and fmt.format(value) in ("0", "0.0", "0.00"):
+            continue
+        red, green, blue, _ = shown.cmap(shown.norm(value))
+        colour = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+        ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=fontsize, color=colour)
+
+
+def similarity_heatmap(similarity, images, texts, title="Cosine similarity between text and image features",
+                       vmin=None, vmax=None):
+    """The report's Fig 12 in the style of openai/CLIP's notebook: texts down the side, image thumbnails
+    along the top, the cosine in every cell, a colour bar.
+
+    `similarity` is [n_images, n_texts] (similarity_matrix's layout); it is drawn transposed, one row per text.
+    """
+    values = as_numpy(similarity).T
+    n_texts, n_images = values.shape
+    fig, ax = plt.subplots(figsize=(2.0 + 1.25 * n_images + 3.0, 1.6 + 0.8 * n_texts))
+    shown = ax.imshow(values, cmap=CMAP, vmin=vmin, vmax=vmax)
+    write_values(ax, values, shown, "{:.2f}", fontsize=10)
+    ax.set_yticks(range(n_texts), [wrap(str(t), 45) for t in texts], fontsize=10)
+    ax.set_xticks([])
+    for i, image in enumerate(images):  # thumbnails in a row of unit squares above the matrix
+        ax.imshow(to_array(image), extent=(i - 0.45, i + 0.45, -0.6, -1.5), origin="upper", cmap="gray")
+    ax.set_xlim(-0.5, n_images - 0.5)
+    ax.set_ylim(n_texts - 0.5, -1.6)
+    for side in ("left", "top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title, fontsize=13)
+    ax.set_xlabel("images")
+    fig.colorbar(shown, ax=ax, fraction=0.03, pad=0.02, label="cosine similarity")
+    fig.tight_layout()
+    return fig
+
+
+def softmax_bars(probabilities, images, class_names, top_k=5, labels=None, title="Zero-shot probabilities per image",
+                 per_row=2):
+    """For each image, its thumbnail and a bar chart of its top-k class probabilities (true class in orange);
+    `per_row` (thumbnail, bars) pairs side by side."""
+    probabilities = as_numpy(probabilities)
+    n = len(probabilities)
+    top_k = min(top_k, probabilities.shape[1])
+    per_row = min(per_row, n)
+    rows = int(np.ceil(n / per_row))
+    fig, axes = plt.subplots(rows, 2 * per_row, figsize=(7.5 * per_row, (0.3 * top_k + 0.8) * rows + 0.6),
+                             squeeze=False, gridspec_kw=dict(width_ratios=[1, 2.6] * per_row))
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        image_ax, bar_ax = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
+        image_ax.imshow(to_array(images[i]), cmap="gray")
+        bar_ax.axis("on")
+        order = np.argsort(-probabilities[i])[:top_k][::-1]
+        colours = ["tab:orange" if labels is not None and k == labels[i] else "tab:blue" for k in order]
+        bar_ax.barh(range(top_k), probabilities[i, order], color=colours)
+        bar_ax.set_yticks(range(top_k), [wrap(str(class_names[k]), 40) for k in order], fontsize=8)
+        bar_ax.set_xlim(0, 1)
+        bar_ax.tick_params(axis="x", labelsize=8)
+        if i // per_row == rows - 1:
+            bar_ax.set_xlabel("probability (softmax over all texts)", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def temperature_figure(similarities, texts, logit_scales, title="The temperature sharpens the softmax"):
+    """Softmax over one image's similarities to `texts`, once per logit_scale, as grouped bars."""
+    similarities = torch.as_tensor(similarities, dtype=torch.float32)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(texts) + 2), 4))
+    width = 0.8 / len(logit_scales)
+    for j, scale in enumerate(logit_scales):
+        probabilities = (scale * similarities).softmax(dim=-1).numpy()
+        ax.bar(np.arange(len(texts)) + (j - (len(logit_scales) - 1) / 2) * width, probabilities, width,
+               label=f"logit_scale = {scale:.3g}")
+    ax.set_xticks(range(len(texts)), [wrap(str(t), 16) for t in texts], fontsize=8)
+    ax.set(ylabel="probability", ylim=(0, 1), title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def per_epoch(history):
+    """One row per epoch: the last row logged in each epoch (its validation columns are that epoch's)."""
+    return history.groupby("epoch", as_index=False).last()
+
+
+def training_curves(history, title="Fine-tuning: loss and validation accuracy per epoch (report Fig 10)"):
+    """Fig 10's two panels from a history DataFrame: loss vs epoch, validation accuracy vs epoch.
+
+    Uses whichever of train_loss / val_loss and val_top1 / val_inbatch_acc the history has.
+    """
+    epochs = per_epoch(history)
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for column, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
+        if column in epochs and epochs[column].notna().any():
+            loss_ax.plot(epochs["epoch"], epochs[column], marker="o", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="contrastive loss", title="loss")
+    loss_ax.legend()
+    for column, label in (("val_top1", "zero-shot top-1 over all classes (kit)"),
+                          ("val_inbatch_acc", "in-batch matching (report's evaluateModel)")):
+        if column in epochs and epochs[column].notna().any():
+            acc_ax.plot(epochs["epoch"], epochs[column], marker="o", label=label)
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy", ylim=(0, 102))
+    acc_ax.legend(loc="best")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(confusion, class_names, title="Confusion matrix (rows: true class, columns: predicted)"):
+    """Row-normalised confusion matrix in percent, counts turned into 'of the true X, % predicted Y'."""
+    confusion = as_numpy(confusion)
+    totals = confusion.sum(axis=1, keepdims=True)
+    percent = 100 * confusion / np.where(totals == 0, 1, totals)
+    fmt = "{:.0f}"
+    fig = matrix_heatmap(percent, class_names, class_names, title, xlabel="predicted class", ylabel="true class",
+                         fmt=fmt, cmap="Blues", vmin=0, vmax=100, colorbar_label="% of the true class")
+    return fig
+
+
+def per_class_accuracy(confusion, class_names, title="Per-class accuracy (recall)", highlight=None):
+    """Horizontal bars of each class's recall in percent, worst at the top; `highlight` classes in orange."""
+    confusion = as_numpy(confusion)
+    totals = confusion.sum(axis=1)
+    recall = 100 * confusion.diagonal() / np.where(totals == 0, 1, totals)
+    order = np.argsort(recall, kind="stable")
+    highlight = set(highlight or [])
+    colours = ["tab:orange" if class_names[k] in highlight else "tab:blue" for k in order]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(class_names) + 1.4))
+    ax.barh(range(len(order)), recall[order], color=colours)
+    ax.set_yticks(range(len(order)), [class_names[k] for k in order], fontsize=8)
+    ax.set(xlabel="accuracy (%)", xlim=(0, 100), title=title)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(table, title, ylabel="accuracy (%)"):
+    """Grouped bars from a DataFrame: one group per row (index), one bar per column, values on top."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table) + 2), 4))
+    width = 0.8 / len(table.columns)
+    for j, column in enumerate(table.columns):
+        positions = np.arange(len(table)) + (j - (len(table.columns) - 1) / 2) * width
+        bars = ax.bar(positions, table[column], width, label=str(column))
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(table)), [str(i) for i in table.index])
+    ax.set(ylabel=ylabel, ylim=(0, 110), title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, name, out_dir="outputs/figures"):
+    """Write `fig` as <out_dir>/<name>.png and return the path."""
+    path = Path(out_dir) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def similarity_bars(similarities, title, xlabel="cosine similarity"):
+    """Horizontal bars of a pandas Series (index: names), highest at the top."""
+    ordered = similarities.sort_values()
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.3))
+    ax.barh([wrap(str(name), 40) for name in ordered.index], ordered.values, color="tab:blue")
+    ax.bar_label(ax.containers[0], fmt="%.3f", fontsize=8)
+    ax.set(xlabel=xlabel, title=title)
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def lines(table, title, xlabel, ylabel, logx=False, styles=None):
+    """One line per DataFrame column against its index, with markers; `styles` maps column -> matplotlib fmt."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for column in table.columns:
+        ax.plot(table.index, table[column], (styles or {}).get(column, "o-"), label=str(column))
+    if logx:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(table.index), [str(x) for x in table.index])
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

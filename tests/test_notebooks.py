@@ -1,0 +1,93 @@
+"""Every notebook runs top to bottom in the smoke profile and writes its figures; committed notebooks are clean."""
+import importlib.util
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "tools" / "run_notebooks.py")
+run_notebooks = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_notebooks)
+
+EXPECTED_FIGURES = {
+    "01_data": ["01_examples_scikit-image", "01_shapes_held_out_pairs", "01_shapes_examples"],
+    "02_encoders": ["02_convolution", "02_vit_patches", "02_causal_mask"],
+    "03_cosine_similarity": ["03_similarity_matrix", "03_temperature"],
+    "04_contrastive_loss": ["04_logits", "04_loss_vs_batch_size", "04_targets_plain", "04_targets_multi_positive"],
+    "05_fine_tune": ["05_fig10_training_curves"],
+    "06_similarity_matrix": ["06_similarity_matrix", "06_softmax_per_image"],
+    "07_zero_shot": ["07_prompt_ensembling", "07_confusion_matrix", "07_per_class_accuracy"],
+    "08_mini_clip": ["08_mini_clip_training", "08_seen_vs_held_out"],
+}
+
+
+def test_the_course_has_its_notebooks_in_order():
+    assert [path.stem for path in NOTEBOOKS] == list(EXPECTED_FIGURES)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_committed_notebook_is_clean_and_parameterised(path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code), "clear outputs before committing"
+    assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
+    parameters = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
+    assert len(parameters) == 1 and parameters[0] is notebook.cells[1]
+    for name in ("profile", "data_dir", "out_dir", "seed"):
+        assert f"\n{name} = " in "\n" + parameters[0].source
+    assert "profiles.describe(" in notebook.cells[2].source  # the cell after the parameters says which profile ran
+    assert notebook.metadata.kernelspec.name == "python3"
+
+
+@pytest.fixture(scope="module")
+def smoke_dirs(tmp_path_factory):
+    """One data folder for all notebooks, so the smoke mini-CLIP is trained once (seconds) and then loaded."""
+    run_notebooks.use_this_python_kernel()
+    return tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("outputs")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_runs_in_the_smoke_profile(path, smoke_dirs):
+    data_dir, out_dir = smoke_dirs
+    parameters = dict(profile="smoke", data_dir=str(data_dir), out_dir=str(out_dir), interactive=False)
+    seconds, failure = run_notebooks.run_one(path, out_dir, parameters, progress=False)
+    assert failure is None, f"{path.name} failed at {failure}"
+    missing = [name for name in EXPECTED_FIGURES[path.stem] if not (out_dir / "figures" / f"{name}.png").is_file()]
+    assert not missing, f"{path.name} did not write {missing}"
+    record = json.loads((out_dir / "metrics" / f"{path.stem}.json").read_text())
+    assert record["profile"] == "smoke" and record["key"]
+    assert not (data_dir / "weights" / "ViT-B-32.pt").exists()  # smoke never downloads
+
+
+def write_notebook(path, *sources):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    notebook.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(notebook, path)
+
+
+def test_run_notebooks_summarises_and_names_the_failing_notebook_and_cell(tmp_path, capsys):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    parameters = 'profile = "auto"\nout_dir = "outputs"\ndata_dir = "data"'
+    write_notebook(folder / "01_ok.ipynb", parameters,
+                   "import json, pathlib\nmetrics = pathlib.Path(out_dir) / 'metrics'\nmetrics.mkdir(parents=True)\n"
+                   "(metrics / '01_ok.json').write_text(json.dumps({'key': 'answer', 'value': 42}))")
+    write_notebook(folder / "02_bad.ipynb", parameters, "x = 1", "raise ValueError('broken on purpose')")
+    out = tmp_path / "out"
+    status = run_notebooks.main(["--profile", "smoke", "--notebooks", str(folder), "--out", str(out),
+                                 "--data-dir", str(tmp_path / "data"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "02_bad.ipynb: cell [" in captured.err
+    assert "starting \"raise ValueError('broken on purpose')\"" in captured.err
+    assert "01_ok" not in captured.err
+    summary = captured.out.split("notebook", 1)[-1]
+    assert "01_ok" in summary and "answer = 42" in summary and "02_bad" in summary and "FAILED" in summary
+    assert (out / "notebooks" / "01_ok.ipynb").is_file()

@@ -1,0 +1,162 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from clip_helpers import plots  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def thumbnails(n):
+    return [Image.new("RGB", (20, 12), (40 * i % 255, 90, 160)) for i in range(n)]
+
+
+def texts_in(fig):
+    return [text.get_text() for ax in fig.axes for text in ax.texts]
+
+
+def test_similarity_heatmap_writes_every_value_draws_thumbnails_and_a_colour_bar():
+    similarity = torch.tensor([[0.31, 0.12, 0.05], [0.10, 0.28, 0.22]])  # [2 images, 3 texts]
+    fig = plots.similarity_heatmap(similarity, thumbnails(2), ["a cat", "a dog", "a car"])
+    heatmap, colorbar = fig.axes
+    assert sorted(texts_in(fig)) == sorted(f"{v:.2f}" for v in similarity.flatten().tolist())
+    assert len(heatmap.images) == 1 + 2  # the matrix, then one thumbnail per image
+    assert heatmap.images[0].get_array().shape == (3, 2)  # drawn one row per text
+    assert [t.get_text() for t in heatmap.get_yticklabels()] == ["a cat", "a dog", "a car"]
+    assert colorbar.get_ylabel() == "cosine similarity"
+    assert heatmap.get_title()
+
+
+def test_value_colour_contrasts_with_the_cell():
+    fig = plots.matrix_heatmap(np.array([[0.0, 1.0]]), ["row"], ["low", "high"], "t", cmap="Greys", vmin=0, vmax=1)
+    colours = {text.get_text(): text.get_color() for text in fig.axes[0].texts}
+    assert colours == {"0.00": "black", "1.00": "white"}  # Greys: 0 is white, 1 is black
+
+
+def test_confusion_matrix_shows_row_percentages():
+    confusion = np.array([[3, 1], [0, 2]])
+    fig = plots.confusion_matrix(confusion, ["cat", "dog"])
+    shown = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(shown, [[75, 25], [0, 100]])
+    assert fig.axes[0].get_xlabel() == "predicted class" and fig.axes[0].get_ylabel() == "true class"
+
+
+def test_per_class_accuracy_puts_the_worst_class_first():
+    confusion = np.array([[9, 1, 0], [5, 5, 0], [0, 0, 10]])
+    fig = plots.per_class_accuracy(confusion, ["a", "b", "c"])
+    ax = fig.axes[0]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths == [50, 90, 100]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a", "c"]
+
+
+def test_training_curves_plot_one_point_per_epoch_from_the_history():
+    history = pd.DataFrame({"epoch": [1, 2, 3], "step": [10, 20, 30], "train_loss": [3.0, 2.0, 1.5],
+                            "val_loss": [3.1, 2.4, 2.0], "val_top1": [20.0, 45.0, 60.0],
+                            "val_inbatch_acc": [30.0, 50.0, 70.0]})
+    fig = plots.training_curves(history)
+    loss_ax, acc_ax = fig.axes
+    assert [list(line.get_ydata()) for line in loss_ax.lines] == [[3.0, 2.0, 1.5], [3.1, 2.4, 2.0]]
+    assert [list(line.get_ydata()) for line in acc_ax.lines] == [[20.0, 45.0, 60.0], [30.0, 50.0, 70.0]]
+    assert loss_ax.get_xlabel() == acc_ax.get_xlabel() == "epoch"
+    assert "accuracy" in acc_ax.get_ylabel()
+
+
+def test_training_curves_take_each_epochs_last_row_when_logged_per_step():
+    history = pd.DataFrame({"epoch": [1, 1, 2, 2], "train_loss": [4.0, 3.0, 2.0, 1.0],
+                            "val_top1": [np.nan, 10.0, np.nan, 20.0]})
+    fig = plots.training_curves(history)
+    assert list(fig.axes[0].lines[0].get_ydata()) == [3.0, 1.0]
+    assert list(fig.axes[1].lines[0].get_ydata()) == [10.0, 20.0]
+
+
+def test_softmax_bars_show_each_images_top_k_in_order():
+    probabilities = torch.tensor([[0.1, 0.6, 0.3], [0.7, 0.2, 0.1]])
+    fig = plots.softmax_bars(probabilities, thumbnails(2), ["x", "y", "z"], top_k=2, labels=[1, 0])
+    bar_axes = [ax for ax in fig.axes if ax.patches]
+    assert [t.get_text() for t in bar_axes[0].get_yticklabels()] == ["z", "y"]  # highest at the top
+    assert [round(p.get_width(), 2) for p in bar_axes[1].patches] == [0.2, 0.7]
+
+
+def test_temperature_figure_bars_are_softmaxes_at_each_scale():
+    similarities = torch.tensor([0.3, 0.2, 0.1])
+    fig = plots.temperature_figure(similarities, ["a", "b", "c"], [1, 100])
+    heights = np.array([p.get_height() for p in fig.axes[0].patches]).reshape(2, 3)
+    np.testing.assert_allclose(heights[0], torch.softmax(similarities, 0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(heights[1], torch.softmax(100 * similarities, 0).numpy(), rtol=1e-5)
+
+
+def test_image_grid_captions_each_image_and_accepts_tensors():
+    images = [torch.rand(3, 8, 8), Image.new("RGB", (8, 8)), np.zeros((8, 8))]
+    fig = plots.image_grid(images, ["one", "two", "three"], ncols=2, title="grid")
+    titled = [ax.get_title() for ax in fig.axes if ax.images]
+    assert titled == ["one", "two", "three"]
+
+
+def test_to_array_keeps_unit_range_images_and_stretches_normalised_ones():
+    image = torch.full((3, 2, 2), 0.25)
+    np.testing.assert_allclose(plots.to_array(image), 0.25)
+    normalised = torch.tensor([[[-2.0, 2.0]]])
+    np.testing.assert_allclose(plots.to_array(normalised), [[0.0, 1.0]], atol=1e-6)
+
+
+def test_save_figure_writes_a_png(tmp_path):
+    fig, _ = plt.subplots()
+    path = plots.save_figure(fig, "example", tmp_path / "figures")
+    assert path == tmp_path / "figures" / "example.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# clip_helpers.widgets draws through plots; its plain (headless) path is what the notebooks run under papermill.
+
+def test_text_to_images_is_the_cosine_with_each_image(mini):
+    from clip_helpers import widgets
+    from clip_helpers.text import encode_texts
+
+    image_features = torch.randn(3, mini.text_projection.shape[1])
+    series = widgets.text_to_images(mini, image_features, ["a", "b", "c"], "a red circle.")
+    text_features = encode_texts(mini, ["a red circle."])[0].detach()
+    expected = [torch.nn.functional.cosine_similarity(f, text_features, dim=0).item() for f in image_features]
+    np.testing.assert_allclose(series.values, expected, rtol=1e-4, atol=1e-6)
+    assert list(series.index) == ["a", "b", "c"]
+
+
+def test_caption_explorer_headless_returns_the_figure_of_its_text(mini):
+    from clip_helpers import widgets
+
+    image_features = torch.randn(4, mini.text_projection.shape[1])
+    fig = widgets.caption_explorer(mini, image_features, list("wxyz"), text="a blue star.", interactive=False)
+    ax = fig.axes[0]
+    assert "a blue star." in ax.get_title()
+    expected = widgets.text_to_images(mini, image_features, list("wxyz"), "a blue star.").sort_values()
+    np.testing.assert_allclose([bar.get_width() for bar in ax.patches], expected.values, rtol=1e-5)
+
+
+def test_temperature_explorer_headless_draws_the_softmax_at_its_scale():
+    from clip_helpers import widgets
+
+    similarities = torch.tensor([0.3, 0.25, 0.1])
+    fig = widgets.temperature_explorer(similarities, ["a", "b", "c"], logit_scale=20.0, interactive=False)
+    heights = [bar.get_height() for bar in fig.axes[0].patches]
+    np.testing.assert_allclose(heights, widgets.softmax_at(similarities, 20.0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(heights, torch.softmax(20 * similarities, 0).numpy(), rtol=1e-5)
+
+
+def test_interactive_explorers_build_widgets_without_a_frontend():
+    ipywidgets = pytest.importorskip("ipywidgets")
+    from clip_helpers import widgets
+
+    explorer = widgets.temperature_explorer(torch.tensor([0.3, 0.2]), ["a", "b"], interactive=True)
+    slider = explorer.widget.children[0]
+    assert isinstance(slider, ipywidgets.FloatLogSlider) and slider.value == pytest.approx(100.0)

@@ -1,0 +1,114 @@
+import json
+import socket
+import time
+
+import pytest
+
+from clip_helpers import profiles
+from clip_helpers.data import ImageFolderCaptions, targets_of
+from clip_helpers.models import weights_file
+from clip_helpers.shapes import ShapesDataset
+
+
+@pytest.mark.parametrize("name", ["smoke", "offline", "quick", "full"])
+def test_named_profiles_come_back_with_a_reason(name, tmp_path):
+    profile, reason = profiles.get_profile(name, tmp_path)
+    assert profile.name == name
+    assert name in reason
+    assert profile.model in ("mini", "ViT-B/32")
+    assert name in profiles.describe(profile, reason) and profile.meaning in profiles.describe(profile, reason)
+
+
+def test_only_the_pretrained_profiles_need_the_network():
+    assert {name for name, p in profiles.PROFILES.items() if p.pretrained} == {"quick", "full"}
+    assert all(p.zeroshot_source == "shapes" for p in profiles.PROFILES.values() if not p.pretrained)
+
+
+def test_unknown_profile_names_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="smoke.*offline.*quick.*full"):
+        profiles.get_profile("fast", tmp_path)
+
+
+def test_auto_picks_quick_when_the_weights_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "can_reach", lambda *args, **kwargs: pytest.fail("no network check needed"))
+    path = weights_file("ViT-B/32", tmp_path / "weights")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"weights")
+    profile, reason = profiles.get_profile("auto", tmp_path)
+    assert profile.name == "quick"
+    assert str(path) in reason
+
+
+@pytest.mark.parametrize("reachable, expected", [(True, "quick"), (False, "offline")])
+def test_auto_without_cached_weights_asks_the_network(tmp_path, monkeypatch, reachable, expected):
+    asked = []
+    monkeypatch.setattr(profiles, "can_reach", lambda host, **kwargs: asked.append(host) or reachable)
+    profile, reason = profiles.get_profile("auto", tmp_path)
+    assert profile.name == expected
+    assert asked == ["openaipublic.azureedge.net"]
+    assert "auto" in reason and asked[0] in reason
+
+
+def test_can_reach_a_listening_socket_and_not_a_closed_port():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        assert profiles.can_reach("127.0.0.1", port, timeout=2)
+    finally:
+        server.close()
+    assert not profiles.can_reach("127.0.0.1", port, timeout=2)
+
+
+def test_can_reach_gives_up_within_its_timeout(monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(5))
+    start = time.time()
+    assert not profiles.can_reach("example.org", timeout=0.2)
+    assert time.time() - start < 2
+
+
+def test_write_photos_makes_an_image_folder_of_the_eight_photos(tmp_path):
+    root = profiles.write_photos(tmp_path)
+    dataset = ImageFolderCaptions(root)
+    assert dataset.classes == [class_name for class_name, _ in profiles.PHOTOS.values()]
+    assert len(dataset) == 8 and not dataset.skipped
+    image, label = dataset[1]
+    assert image.mode == "RGB" and dataset.classes[label] == "cat"
+    assert len(profiles.photo_descriptions()) == 8
+    modified = sorted(p.stat().st_mtime_ns for p in root.rglob("*.png"))
+    profiles.write_photos(tmp_path)  # a second call leaves the files alone
+    assert sorted(p.stat().st_mtime_ns for p in root.rglob("*.png")) == modified
+
+
+def test_per_class_subset_takes_n_of_each_class():
+    dataset = ShapesDataset("train", n_per_class=5)
+    subset = profiles.per_class_subset(dataset, 2, seed=0)
+    labels = targets_of(subset)
+    assert len(labels) == 2 * len(set(targets_of(dataset)))
+    assert all(labels.count(label) == 2 for label in set(labels))
+    assert subset.indices == sorted(subset.indices)
+    assert profiles.per_class_subset(dataset, 2, seed=0).indices == subset.indices
+    assert profiles.classes_of(subset) == dataset.classes
+
+
+def test_examples_are_one_image_of_each_of_n_classes():
+    images, labels, class_names = profiles.examples("shapes", 6, seed=1)
+    assert len(images) == len(set(labels)) == 6
+    assert len(class_names) == 36
+
+
+def test_project_path_resolves_from_the_notebooks_folder(tmp_path, monkeypatch):
+    (tmp_path / "clip_helpers").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert profiles.project_path("data") == tmp_path / "data"
+    assert profiles.project_path(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.chdir(tmp_path)
+    assert profiles.project_path("data").resolve() == tmp_path / "data"
+
+
+def test_save_metrics_writes_the_key_number(tmp_path):
+    profiles.save_metrics(tmp_path, "07_zero_shot", "top-1 (%)", 91.25, profile="quick")
+    record = json.loads((tmp_path / "metrics" / "07_zero_shot.json").read_text())
+    assert record == {"notebook": "07_zero_shot", "key": "top-1 (%)", "value": 91.25, "profile": "quick"}

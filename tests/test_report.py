@@ -1,0 +1,59 @@
+"""The report's listing (clip_helpers.report) runs, and its evaluateModel computes what we say it does."""
+import copy
+
+import clip
+import pytest
+import torch
+
+from clip_helpers import report, train
+
+
+class FixedLogits(torch.nn.Module):
+    """Stands in for CLIP: model(images, texts) returns preset logits_per_image and their transpose."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images, texts):
+        return self.logits, self.logits.T
+
+
+def test_evaluate_model_equals_a_hand_computation():
+    # Batch of 3, images 0 and 1 of the same class: identical captions, tied columns 0 and 1.
+    logits = torch.tensor([[5.0, 5.0, 0.0],
+                           [5.0, 5.0, 0.0],
+                           [1.0, 0.0, 3.0]])
+    batch = (torch.zeros(3, 3, 2, 2), torch.zeros(3, 77, dtype=torch.long))
+    # Image argmax per row: 0, 0 (first of the tie), 2 -> 2 right. The "text" half, argmax(logits.T, dim=0),
+    # is the same per-row argmax again -> 2 right. (2 + 2) / 2 = 2 of 3 images.
+    assert report.evaluateModel(FixedLogits(logits), [batch], "cpu") == pytest.approx(100 * 2 / 3)
+    assert train.inbatch_accuracy(logits) == 2.0  # the kit's column reproduces the report's number
+
+
+def test_evaluate_model_counts_image_matches_twice_not_text_matches():
+    # Rows: every image prefers caption 0. Columns: caption 1's best image is image 1.
+    logits = torch.tensor([[4.0, 0.0], [3.0, 2.0]])
+    batch = (torch.zeros(2, 3, 2, 2), torch.zeros(2, 77, dtype=torch.long))
+    # A true text->image half would add 1 (caption 0 -> image 0, caption 1 -> image 1: 2 right); the listing gets 1.
+    assert report.evaluateModel(FixedLogits(logits), [batch], "cpu") == pytest.approx(100 * 1 / 2)
+
+
+def test_report_train_step_runs_and_lowers_the_loss_on_cpu(mini):
+    model = copy.deepcopy(mini)
+    optimizer = report.prepareModelAndOptimizer(model, "cpu")
+    names = ["red circle", "blue square", "green star", "yellow heart"]
+    batch = (torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+             clip.tokenize([names[i % 4] for i in range(8)], context_length=model.context_length))
+    losses = [report.trainStep(model, optimizer, batch, "cpu").item() for _ in range(4)]
+    assert losses[-1] < losses[0]
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 5e-5
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 8 worker processes")  # the report's num_workers=8, never started
+def test_report_validation_rows_are_its_first_training_rows(tmp_path):
+    pairs = [(str(tmp_path / f"{i}.jpg"), f"class{i % 3}") for i in range(100)]
+    train_loader, val_loader = report.splitTrainValidation(pairs, preprocess=None)
+    train_paths = set(train_loader.dataset.imagePaths)
+    assert len(train_paths) == 30 and len(val_loader.dataset) == 3
+    assert set(val_loader.dataset.imagePaths) <= train_paths  # the leak the kit's data.split fixes

@@ -1,0 +1,172 @@
+import copy
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from clip_helpers import train
+from clip_helpers.losses import clip_loss
+from clip_helpers.models import load_clip, preprocess_for
+from clip_helpers.train import SMOKE_RECIPE, TrainConfig, fine_tune, train_loader_for
+
+CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
+
+
+@pytest.fixture
+def tiny_data():
+    """24 train and 8 val random 32-px images of 4 classes: enough for the loop's mechanics."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(32, 3, 32, 32, generator=generator)
+    labels = torch.arange(32) % 4
+    return TensorDataset(images[:24], labels[:24]), TensorDataset(images[24:], labels[24:])
+
+
+def config_for(run_dir=None, **overrides):
+    settings = dict(class_names=CLASS_NAMES, templates=["a {}.", "a photo of a {}."], num_epochs=2, lr=1e-3,
+                    run_dir=str(run_dir) if run_dir else None, progress=False)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def run(model, tiny_data, config):
+    train_set, val_set = tiny_data
+    return fine_tune(model, train_loader_for(train_set, batch_size=8, seed=config.seed), DataLoader(val_set, batch_size=8), config)
+
+
+class CrashOnEpoch:
+    """A train loader that dies when epoch `epoch` starts, like a run killed between epochs."""
+
+    def __init__(self, loader, epoch):
+        self.loader, self.epoch, self.started = loader, epoch, 0
+
+    def __iter__(self):
+        self.started += 1
+        if self.started == self.epoch:
+            raise KeyboardInterrupt
+        return iter(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+
+def test_loss_goes_down_on_a_fixed_batch(mini, tiny_data):
+    model = copy.deepcopy(mini).train()
+    images, labels = tiny_data[0].tensors
+    config = config_for(lr=1e-3)
+    optimizer = train.make_optimizer(model, config)
+    scaler = train.make_scaler("cpu", config.amp)
+    texts = [CLASS_NAMES[label] for label in labels]
+    losses = [train.train_step(model, images, labels, texts, optimizer, scaler) for _ in range(10)]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
+    whole = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "whole"))
+
+    train_set, val_set = tiny_data
+    crashing = CrashOnEpoch(train_loader_for(train_set, batch_size=8), epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(copy.deepcopy(mini), crashing, DataLoader(val_set, batch_size=8), config_for(tmp_path / "resumed"))
+    assert train.load_checkpoint(tmp_path / "resumed")["epoch"] == 1
+    resumed_model = copy.deepcopy(mini)  # a fresh process would rebuild the model from scratch
+    resumed = run(resumed_model, tiny_data, config_for(tmp_path / "resumed", resume=True))
+
+    columns = ["epoch", "step", "train_loss", "val_loss", "val_top1", "val_inbatch_acc", "lr"]
+    assert len(resumed) == len(whole) == 2
+    assert whole["train_loss"].iloc[1] != whole["train_loss"].iloc[0]
+    for column in columns:
+        assert resumed[column].tolist() == pytest.approx(whole[column].tolist(), rel=1e-6, abs=1e-9), column
+    final = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    for name, tensor in resumed_model.state_dict().items():
+        torch.testing.assert_close(tensor, final[name], rtol=1e-6, atol=1e-7)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(mini, tiny_data, tmp_path, monkeypatch):
+    steps_per_epoch = 3  # 24 images, batch 8
+    calls = {"training": 0}
+
+    def poisoned_clip_loss(*args, **kwargs):
+        loss = clip_loss(*args, **kwargs)
+        if torch.is_grad_enabled():  # training calls only, not validation
+            calls["training"] += 1
+            if calls["training"] == steps_per_epoch + 2:  # second step of epoch 2
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train, "clip_loss", poisoned_clip_loss)
+    with pytest.raises(FloatingPointError, match=r"nan at epoch 2, step 2.*checkpoint.*epoch 1"):
+        run(copy.deepcopy(mini), tiny_data, config_for(tmp_path))
+    assert train.load_checkpoint(tmp_path)["epoch"] == 1
+    model, _ = load_clip(str(tmp_path / "model.pt"), device="cpu")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_logit_scale_is_clamped_to_ln_100(mini, tiny_data):
+    model = copy.deepcopy(mini).train()
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    images, labels = tiny_data[0].tensors
+    config = config_for()
+    train.train_step(model, images[:8], labels[:8], [CLASS_NAMES[i] for i in labels[:8]],
+                     train.make_optimizer(model, config), train.make_scaler("cpu", None))
+    assert model.logit_scale.item() == pytest.approx(math.log(100))
+
+
+def test_weight_decay_skips_gains_biases_embeddings_and_logit_scale(mini):
+    decay, no_decay = train.parameter_groups(mini, 0.2)
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+    names = {id(p): name for name, p in mini.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decayed.isdisjoint(kept) and len(decayed) + len(kept) == len(names)
+    for name in ["logit_scale", "positional_embedding", "token_embedding.weight", "ln_final.weight",
+                 "ln_final.bias", "transformer.resblocks.0.attn.in_proj_bias", "visual.bn1.weight"]:
+        assert name in kept, name
+    for name in ["text_projection", "transformer.resblocks.0.attn.in_proj_weight", "visual.conv1.weight",
+                 "transformer.resblocks.0.mlp.c_fc.weight"]:
+        assert name in decayed, name
+
+
+def test_warmup_then_cosine_schedule():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=1.0)
+    scheduler = train.make_scheduler(optimizer, total_steps=20, warmup_fraction=0.1)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] < 0.01 and lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.01
+
+
+def test_inbatch_accuracy_counts_only_the_first_duplicate():
+    # Images 0 and 1 share a class, so their captions' columns tie; argmax picks column 0 for both.
+    logits = torch.tensor([[5.0, 5.0, 0.0], [5.0, 5.0, 0.0], [0.0, 0.0, 3.0]])
+    assert train.inbatch_accuracy(logits) == 2.0
+
+
+def test_mini_clip_splits_never_share_an_image():
+    recipe = {**SMOKE_RECIPE, "n_per_class": 6}
+    train_set, val_set, heldout, class_names = train.shapes_splits(recipe, preprocess_for(32))
+    train_rows = {tuple(image.flatten()[::7].tolist()) for image in train_set.tensors[0]}
+    val_rows = {tuple(image.flatten()[::7].tolist()) for image in val_set.tensors[0]}
+    assert len(train_rows) == len(train_set) and len(val_rows) == len(val_set)
+    assert train_rows.isdisjoint(val_rows)
+    assert set(heldout.tensors[1].tolist()).isdisjoint(train_set.tensors[1].tolist())
+    assert len(class_names) == 36
+
+
+def test_train_mini_clip_smoke_recipe_trains_caches_and_reloads(tmp_path):
+    model, preprocess, history = train.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and files[0].startswith("mini-clip-shapes-") and train.recipe_key(train.MINI_RECIPE) not in files[0]
+    assert {"train_loss", "val_top1", "heldout_top1"} <= set(history.columns)
+    again, _, cached_history = train.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
+    assert cached_history["train_loss"].tolist() == pytest.approx(history["train_loss"].tolist())
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor)
