@@ -39,6 +39,20 @@ def seconds(fn, device):
     return time.perf_counter() - start
 
 
+def interleaved_seconds(report_fn, kit_fn, device, rounds, warmup):
+    """(report seconds, kit seconds) over `rounds` timed rounds after `warmup` untimed ones.
+
+    The two alternate within every round, so a slowdown of the machine hits both alike.
+    """
+    times = [0.0, 0.0]
+    for round_ in range(warmup + rounds):
+        for i, fn in enumerate((report_fn, kit_fn)):
+            elapsed = seconds(fn, device)
+            if round_ >= warmup:
+                times[i] += elapsed
+    return times
+
+
 def synthetic_batches(n_batches, batch_size, resolution, seed=0):
     """[(images, labels)]: random pixels and CIFAR-10 labels; speed does not depend on the content."""
     generator = torch.Generator().manual_seed(seed)
@@ -80,13 +94,7 @@ def time_training(base, batch, device, steps, warmup):
     def kit_step():
         train.train_step(kit_model, images, labels, texts, kit_optimizer, scaler)
 
-    times = {"report": 0.0, "kit": 0.0}
-    for step in range(warmup + steps):
-        for name, fn in (("report", report_step), ("kit", kit_step)):
-            elapsed = seconds(fn, device)
-            if step >= warmup:
-                times[name] += elapsed
-    rates = tuple(steps * len(images) / times[name] for name in ("report", "kit"))
+    rates = tuple(steps * len(images) / t for t in interleaved_seconds(report_step, kit_step, device, steps, warmup))
     return rates, report_model, kit_model
 
 
@@ -107,14 +115,8 @@ def time_evaluation(report_model, kit_model, batches, device, repeats, warmup, t
         kit_model.eval()
         evaluate(kit_model, batches, build_classifier(kit_model, CIFAR10_CLASSES, list(templates)))
 
-    times = {"report": 0.0, "kit": 0.0}
-    for repeat in range(warmup + repeats):
-        for name, fn in (("report", report_eval), ("kit", kit_eval)):
-            elapsed = seconds(fn, device)
-            if repeat >= warmup:
-                times[name] += elapsed
     n_images = repeats * sum(len(images) for images, _ in batches)
-    return tuple(n_images / times[name] for name in ("report", "kit"))
+    return tuple(n_images / t for t in interleaved_seconds(report_eval, kit_eval, device, repeats, warmup))
 
 
 def precision_comparison():

@@ -29,9 +29,9 @@ def autocast_dtype(device):
     return None
 
 
-def autocast(device, enabled=True):
-    """torch.autocast with the dtype above, or a no-op context where there is none."""
-    dtype = autocast_dtype(device) if enabled else None
+def autocast(device, enabled=True, dtype=None):
+    """torch.autocast with `dtype` (default: the choice above), or a no-op context where there is none."""
+    dtype = (dtype or autocast_dtype(device)) if enabled else None
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=str(device).split(":")[0], dtype=dtype)

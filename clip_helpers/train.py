@@ -9,7 +9,6 @@ What changed from the report's listing (section 4.3), and why:
 - validation is zero-shot classification on held-out images, with the class prompts encoded once;
 - a checkpoint every epoch, an exact resume, and a stop with a clear message when the loss turns NaN/inf.
 """
-import contextlib
 import hashlib
 import json
 import math
@@ -87,12 +86,7 @@ def amp_dtype(device, amp):
 
 
 def amp_context(device, amp):
-    dtype = amp_dtype(device, amp)
-    if amp == "auto":
-        return autocast(device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=str(device).split(":")[0], dtype=dtype)
+    return autocast(device, enabled=amp is not None, dtype=amp_dtype(device, amp))
 
 
 def make_scaler(device, amp):

@@ -31,3 +31,12 @@ def test_autocast_context_really_casts(monkeypatch):
         assert (a @ a).dtype == torch.float32
     with device.autocast("cpu", enabled=False):
         assert (a @ a).dtype == torch.float32
+
+
+def test_autocast_takes_an_explicit_dtype(monkeypatch):
+    a = torch.randn(4, 4)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    with device.autocast("cpu", dtype=torch.bfloat16):
+        assert (a @ a).dtype == torch.bfloat16
+    with device.autocast("cpu", enabled=False, dtype=torch.bfloat16):
+        assert (a @ a).dtype == torch.float32
