@@ -3,12 +3,18 @@
     python benchmarks/finetune_speed.py                 # ViT-B/32, batch 32, this machine's device
     python benchmarks/finetune_speed.py --steps 2 --warmup 1 --json
     python benchmarks/finetune_speed.py --precision     # does bf16 autocast cost accuracy? (mini-CLIP on shapes)
+    python benchmarks/finetune_speed.py --accuracy      # do int8 evaluation and patch dropout? (ViT mini-CLIP)
 
 Both sides start from the same randomly initialised ViT-B/32 (no download): the architecture, not the
 weights, sets the speed. The report's step is clip_helpers.report.trainStep, its listing as printed
 (Adam; on CUDA the fp16 model cast to fp32 around every step); the kit's is clip_helpers.train.train_step
 (fp32 weights + autocast where it pays, fused AdamW, each distinct caption encoded once up to its end token).
 Report and kit are timed alternately in one process, so a busy machine slows both alike.
+
+It also counts each step's floating-point operations and measures the device's fp32 matrix-product rate:
+their quotient is the fastest any exact fp32 step could be. Evaluation is timed in fp32 and, on a CPU
+with a ViT, with the kit's int8 image tower (clip_helpers.quantize), which is not exact: --accuracy says
+what it costs.
 """
 import argparse
 import copy
@@ -18,14 +24,20 @@ import warnings
 
 import clip
 import torch
+from clip.model import VisionTransformer
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from clip_helpers import report, train  # noqa: E402
 from clip_helpers.device import autocast_dtype, get_device  # noqa: E402
+from clip_helpers.features import encode_images  # noqa: E402
 from clip_helpers.models import build_random_clip  # noqa: E402
+from clip_helpers.quantize import int8_image_tower  # noqa: E402
+from clip_helpers.shapes import SHAPES_TEMPLATES, ShapesDataset  # noqa: E402
 from clip_helpers.text import CIFAR10_CLASSES, CIFAR10_TEMPLATES  # noqa: E402
-from clip_helpers.zeroshot import build_classifier, evaluate  # noqa: E402
+from clip_helpers.zeroshot import build_classifier, evaluate, logits  # noqa: E402
 
 
 def seconds(fn, device):
@@ -39,14 +51,14 @@ def seconds(fn, device):
     return time.perf_counter() - start
 
 
-def interleaved_seconds(report_fn, kit_fn, device, rounds, warmup):
-    """(report seconds, kit seconds) over `rounds` timed rounds after `warmup` untimed ones.
+def interleaved_seconds(fns, device, rounds, warmup):
+    """Seconds each of `fns` took over `rounds` timed rounds after `warmup` untimed ones.
 
-    The two alternate within every round, so a slowdown of the machine hits both alike.
+    They alternate within every round, so a slowdown of the machine hits all of them alike.
     """
-    times = [0.0, 0.0]
+    times = [0.0] * len(fns)
     for round_ in range(warmup + rounds):
-        for i, fn in enumerate((report_fn, kit_fn)):
+        for i, fn in enumerate(fns):
             elapsed = seconds(fn, device)
             if round_ >= warmup:
                 times[i] += elapsed
@@ -79,7 +91,9 @@ def kit_setup(base, device):
 
 
 def time_training(base, batch, device, steps, warmup):
-    """(report images/s, kit images/s) over `steps` timed steps each, after `warmup` untimed ones."""
+    """(figures, report_model, kit_model). figures: "report" and "kit" images/s over `steps` timed steps each
+    after `warmup` untimed ones; "report_gflop" and "kit_gflop" per step; "kit_optimizer_seconds", the
+    kit's AdamW update alone (work every exact step must do besides its matrix products)."""
     images, labels = batch
     texts = bare_captions(labels.tolist())
     # The report's loader yields clip.tokenize(texts): 77 tokens, the context of OpenAI's models.
@@ -94,29 +108,51 @@ def time_training(base, batch, device, steps, warmup):
     def kit_step():
         train.train_step(kit_model, images, labels, texts, kit_optimizer, scaler)
 
-    rates = tuple(steps * len(images) / t for t in interleaved_seconds(report_step, kit_step, device, steps, warmup))
-    return rates, report_model, kit_model
+    times = interleaved_seconds([report_step, kit_step], device, steps, warmup)
+    figures = {"report": steps * len(images) / times[0], "kit": steps * len(images) / times[1],
+               "report_gflop": step_gflop(report_step), "kit_gflop": step_gflop(kit_step)}
+    figures["kit_optimizer_seconds"] = seconds(kit_optimizer.step, device)  # the gradients of the counted step
+    return figures, report_model, kit_model
 
 
 def time_evaluation(report_model, kit_model, batches, device, repeats, warmup, templates=("{}",)):
-    """(report images/s, kit images/s): evaluateModel on (images, 77-token captions) batches vs zero-shot.
+    """{"report", "kit", and on a CPU with a ViT "kit_int8"}: images/s of evaluateModel on (images, 77-token
+    captions) batches, and of the kit's zero-shot evaluation in fp32 and with its int8 image tower.
 
-    The kit's time includes building its classifier from `templates` (default: the report's bare class
-    names, so both sides read the same captions), once per pass.
+    The kit's times include building its classifier from `templates` (default: the report's bare class names,
+    so both sides read the same captions) once per pass. The int8 copy is made once, before (its seconds are
+    returned as "int8_copy_seconds"), as a model is loaded once: fine_tune makes one per epoch's evaluation.
     """
     context = report_model.context_length
     report_batches = [(images, clip.tokenize(bare_captions(labels.tolist()), context_length=context))
                       for images, labels in batches]
-
-    def report_eval():
-        report.evaluateModel(report_model, report_batches, device)
-
-    def kit_eval():
-        kit_model.eval()
-        evaluate(kit_model, batches, build_classifier(kit_model, CIFAR10_CLASSES, list(templates)))
-
+    kit_model.eval()
+    fns = {"report": lambda: report.evaluateModel(report_model, report_batches, device),
+           "kit": lambda: evaluate(kit_model, batches, build_classifier(kit_model, CIFAR10_CLASSES, list(templates)))}
+    result = {}
+    if device == "cpu" and isinstance(kit_model.visual, VisionTransformer):
+        start = time.perf_counter()
+        int8_model = int8_image_tower(kit_model)
+        result["int8_copy_seconds"] = time.perf_counter() - start
+        fns["kit_int8"] = lambda: evaluate(int8_model, batches, build_classifier(int8_model, CIFAR10_CLASSES, list(templates)))
     n_images = repeats * sum(len(images) for images, _ in batches)
-    return tuple(n_images / t for t in interleaved_seconds(report_eval, kit_eval, device, repeats, warmup))
+    times = interleaved_seconds(list(fns.values()), device, repeats, warmup)
+    return result | {name: n_images / t for name, t in zip(fns, times)}
+
+
+def matmul_gflop_per_s(device, size=2048, repeats=10):
+    """The fp32 matrix-product rate this device sustains (GFLOP/s): the ceiling for a ViT's training step."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    elapsed = seconds(lambda: [a @ b for _ in range(repeats)], device)
+    return 2 * size ** 3 * repeats / elapsed / 1e9
+
+
+def step_gflop(step):
+    """Floating-point operations of one call of `step` (GFLOP), counted by torch's FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
 
 
 def precision_comparison():
@@ -137,26 +173,82 @@ def precision_comparison():
     return result
 
 
+def drop_patches(keep):
+    """A forward pre-hook for visual.ln_pre: in training, keep the class token and a random `keep` share of
+    the patch tokens (FLIP's patch dropout, Li et al. 2023), so the transformer does that much less work."""
+    def hook(module, args):
+        (x,) = args
+        if not module.training:
+            return None
+        n, length, width = x.shape
+        patches = torch.rand(n, length - 1, device=x.device).argsort(dim=1)[:, :max(1, round((length - 1) * keep))] + 1
+        index = torch.cat([torch.zeros_like(patches[:, :1]), patches], dim=1)
+        return (x.gather(1, index[..., None].expand(-1, -1, width)),)
+    return hook
+
+
+def predictions(model, dataset, classifier, int8):
+    features, labels = encode_images(int8_image_tower(model) if int8 else model,
+                                     DataLoader(dataset, batch_size=256), progress=False)
+    return logits(features, classifier).argmax(dim=1), labels
+
+
+def accuracy_comparison(patch_keep=0.5):
+    """The two speed-ups that are not exact, on the ViT mini-CLIP trained on shapes with the kit's loop
+    (train.MINI_VIT_RECIPE): int8 evaluation of the trained model against fp32, on the same images; and
+    training with half the patches dropped against training with all of them."""
+    recipe = {**train.MINI_RECIPE, **train.MINI_VIT_RECIPE}
+    model, preprocess, history = train.train_mini_clip(train.MINI_VIT_RECIPE, progress=False)
+    _, val, heldout, class_names = train.shapes_splits(recipe, preprocess)
+    # More images of every pair, none of them trained on, so a difference of one point is 18 images.
+    fresh = train.rendered(ShapesDataset("all", n_per_class=50, seed=recipe["seed"] + 1, transform=preprocess))
+    classifier = build_classifier(model, class_names, SHAPES_TEMPLATES)
+    result = {}
+    for name, dataset in {"seen_val": val, "heldout": heldout, "fresh_all_pairs": fresh}.items():
+        (fp32, labels), (int8, _) = (predictions(model, dataset, classifier, int8) for int8 in (False, True))
+        row = {"n": len(labels), "fp32_top1": 100 * (fp32 == labels).float().mean().item(),
+               "int8_top1": 100 * (int8 == labels).float().mean().item(),
+               "same_prediction": 100 * (fp32 == int8).float().mean().item()}
+        result[f"int8_{name}"] = {k: round(v, 2) for k, v in row.items()}
+        print(f"ViT mini-CLIP, {name:15s} ({row['n']:4d} images): fp32 {row['fp32_top1']:6.2f}%  int8 "
+              f"{row['int8_top1']:6.2f}%  same prediction {row['same_prediction']:6.2f}%")
+    start = time.perf_counter()
+    dropped = build_random_clip("mini-vit", seed=recipe["seed"])
+    dropped.visual.ln_pre.register_forward_pre_hook(drop_patches(patch_keep))
+    dropped_history = train.fit_on_shapes(dropped, recipe, progress=False)
+    for name, h in (("all patches", history), (f"{patch_keep:.0%} of patches", dropped_history)):
+        print(f"ViT mini-CLIP trained on {name:15s}: seen pairs {h['val_top1'].iloc[-1]:6.2f}%  "
+              f"held-out pairs {h['heldout_top1'].iloc[-1]:6.2f}%")
+    result["patch_dropout"] = {"keep": patch_keep, "seconds": round(time.perf_counter() - start, 1),
+                               "seen_top1": round(float(dropped_history["val_top1"].iloc[-1]), 2),
+                               "heldout_top1": round(float(dropped_history["heldout_top1"].iloc[-1]), 2),
+                               "all_patches_seen_top1": round(float(history["val_top1"].iloc[-1]), 2),
+                               "all_patches_heldout_top1": round(float(history["heldout_top1"].iloc[-1]), 2)}
+    return result
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="ViT-B/32", choices=["ViT-B/32", "RN50", "mini"])
+    parser.add_argument("--model", default="ViT-B/32", choices=["ViT-B/32", "RN50", "mini", "mini-vit"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 on CPU, 3 on CUDA)")
-    parser.add_argument("--eval-batches", type=int, default=2, help="batches per evaluation pass")
-    parser.add_argument("--eval-repeats", type=int, default=None, help="timed evaluation passes (default 1 on CPU, 5 on CUDA)")
+    parser.add_argument("--eval-batches", type=int, default=4, help="batches per evaluation pass")
+    parser.add_argument("--eval-repeats", type=int, default=None, help="timed evaluation passes (default 3 on CPU, 5 on CUDA)")
     parser.add_argument("--ensemble", action="store_true",
                         help="build the kit's classifier from the 18 CIFAR-10 prompts instead of the bare names")
     parser.add_argument("--precision", action="store_true", help="compare fp32 and bf16 training accuracy instead")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="what int8 evaluation and patch dropout cost in accuracy instead (ViT mini-CLIP on shapes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.precision:
-        result = precision_comparison()
+    if args.precision or args.accuracy:
+        result = precision_comparison() if args.precision else accuracy_comparison()
         if args.json:
             print(json.dumps(result))
         return result
@@ -165,27 +257,47 @@ def main(argv=None):
     on_cpu = device == "cpu"
     steps = args.steps or (3 if on_cpu else 20)
     warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 3)
-    repeats = args.eval_repeats or (1 if on_cpu else 5)
+    repeats = args.eval_repeats or (3 if on_cpu else 5)
     base = build_random_clip(args.model, seed=0)
     resolution = base.visual.input_resolution
     batches = synthetic_batches(args.eval_batches, args.batch_size, resolution)
     print(f"{args.model}, batch {args.batch_size}, device {device}, {torch.get_num_threads()} CPU threads, "
           f"kit autocast {autocast_dtype(device)}; {warmup} warm-up + {steps} timed steps each, interleaved")
 
-    (report_train, kit_train), report_model, kit_model = time_training(base, batches[0], device, steps, warmup)
+    training, report_model, kit_model = time_training(base, batches[0], device, steps, warmup)
+    report_train, kit_train = training["report"], training["kit"]
     print(f"train step  report {report_train:7.2f} images/s   kit {kit_train:7.2f} images/s   "
           f"kit/report {kit_train / report_train:5.2f}x")
+    # A ceiling for any exact fp32 step: its matrix products at this device's best measured rate, plus AdamW.
+    peak = matmul_gflop_per_s(device)
+    ceiling = args.batch_size / (training["kit_gflop"] / peak + training["kit_optimizer_seconds"])
+    print(f"            one step is {training['report_gflop']:.0f} GFLOP (report) and {training['kit_gflop']:.0f} GFLOP "
+          f"(kit). At the best measured matmul rate, {peak:.0f} GFLOP/s, plus AdamW's "
+          f"{training['kit_optimizer_seconds']:.2f} s, the kit's step cannot exceed {ceiling:.2f} images/s: "
+          f"{ceiling / report_train:.2f}x the report's measured speed")
     templates = CIFAR10_TEMPLATES if args.ensemble else ["{}"]
-    report_eval, kit_eval = time_evaluation(report_model, kit_model, batches, device, repeats, 1, templates)
-    print(f"evaluation  report {report_eval:7.2f} images/s   kit {kit_eval:7.2f} images/s   "
-          f"kit/report {kit_eval / report_eval:5.2f}x")
+    evaluation = time_evaluation(report_model, kit_model, batches, device, repeats, 1, templates)
+    for name in ("kit", "kit_int8"):
+        if name in evaluation:
+            print(f"evaluation  report {evaluation['report']:7.2f} images/s   {name:8s} {evaluation[name]:7.2f} images/s"
+                  f"   {name}/report {evaluation[name] / evaluation['report']:5.2f}x")
+    if "int8_copy_seconds" in evaluation:
+        print(f"            making the int8 copy took {evaluation['int8_copy_seconds']:.2f} s, once per evaluation")
     result = {"model": args.model, "batch_size": args.batch_size, "device": device,
               "threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
               "report_train_images_per_s": round(report_train, 3), "kit_train_images_per_s": round(kit_train, 3),
               "train_speedup": round(kit_train / report_train, 3),
-              "report_eval_images_per_s": round(report_eval, 3), "kit_eval_images_per_s": round(kit_eval, 3),
-              "eval_speedup": round(kit_eval / report_eval, 3), "eval_batches": args.eval_batches,
+              "report_train_gflop_per_step": round(training["report_gflop"], 1),
+              "kit_train_gflop_per_step": round(training["kit_gflop"], 1), "matmul_gflop_per_s": round(peak, 1),
+              "kit_optimizer_seconds": round(training["kit_optimizer_seconds"], 3),
+              "kit_train_ceiling_images_per_s": round(ceiling, 3),
+              "report_eval_images_per_s": round(evaluation["report"], 3), "kit_eval_images_per_s": round(evaluation["kit"], 3),
+              "eval_speedup": round(evaluation["kit"] / evaluation["report"], 3), "eval_batches": args.eval_batches,
               "kit_eval_templates": len(templates)}
+    if "kit_int8" in evaluation:
+        result |= {"kit_int8_eval_images_per_s": round(evaluation["kit_int8"], 3),
+                   "int8_eval_speedup": round(evaluation["kit_int8"] / evaluation["report"], 3),
+                   "int8_copy_seconds": round(evaluation["int8_copy_seconds"], 3)}
     if args.json:
         print(json.dumps(result))
     return result

@@ -50,11 +50,12 @@ def datasets_for(name, preprocess, data_dir, train_size, val_size, seed=0):
 
 def fine_tune_on(model_name="ViT-B/32", dataset="caltech256", num_epochs=5, batch_size=32, lr=None,
                  train_size=5000, val_size=1000, run=None, resume=False, device=None, data_dir="data",
-                 workers=0, progress=True):
+                 workers=0, progress=True, int8_eval=False):
     """(model, history): load `model_name`, fine-tune it on `dataset` with the kit's loop.
 
     The defaults follow the report (ViT-B/32, Caltech-256, ~5000 training and 1000 validation images).
     lr defaults to 1e-5 for pretrained weights and to MINI_RECIPE's for the from-scratch "mini" model.
+    int8_eval validates with an int8 copy of a ViT image tower: about 2x faster on a CPU, not exact.
     """
     device = device or get_device()
     model, preprocess = load_clip(model_name, device=device, download_root=str(Path(data_dir) / "weights"))
@@ -62,7 +63,8 @@ def fine_tune_on(model_name="ViT-B/32", dataset="caltech256", num_epochs=5, batc
     run = run or f"{dataset}-{model_name.replace('/', '-')}"
     config = TrainConfig(class_names=class_names, templates=templates, eval_templates=eval_templates,
                          num_epochs=num_epochs, lr=lr or (MINI_RECIPE["lr"] if model_name == "mini" else 1e-5),
-                         run_dir=str(Path(data_dir) / "runs" / run), resume=resume, progress=progress)
+                         run_dir=str(Path(data_dir) / "runs" / run), resume=resume, progress=progress,
+                         int8_eval=int8_eval)
     pin = str(device).startswith("cuda")
     history = fine_tune(model, train_loader_for(train, batch_size, config.seed, workers),
                         DataLoader(val, batch_size=batch_size, num_workers=workers, pin_memory=pin), config)
@@ -84,6 +86,8 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--int8-eval", action="store_true",
+                        help="validate with an int8 image tower (CPU, ViT models): ~2x faster, not exact")
     return parser.parse_args(argv)
 
 
@@ -92,7 +96,7 @@ def main(argv=None):
     run = args.run or f"{args.dataset}-{args.model.replace('/', '-')}"
     _, history = fine_tune_on(args.model, args.dataset, args.epochs, args.batch_size, args.lr, args.train_size,
                               args.val_size, run, args.resume, args.device, args.data_dir, args.workers,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, int8_eval=args.int8_eval)
     path = Path(args.data_dir) / "runs" / run / "history.csv"
     history.to_csv(path, index=False)
     print(history.to_string(index=False, float_format=lambda x: f"{x:.4f}"))

@@ -24,6 +24,10 @@ MINI_CLIP = dict(
     transformer_width=64, transformer_heads=1, transformer_layers=2,
 )
 
+# A ViT mini-CLIP (4x4 patches of 8 pixels), for checking what changes a ViT's numbers, such as int8 evaluation
+# (clip_helpers.quantize): MINI_CLIP's ResNet tower has no patches and almost no linear layers.
+MINI_VIT_CLIP = dict(MINI_CLIP, vision_layers=3, vision_width=128, vision_patch_size=8)
+
 # The published shapes of two pretrained models, for randomly initialised stand-ins (tests, benchmarks).
 ARCHITECTURES = {
     "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
@@ -31,6 +35,7 @@ ARCHITECTURES = {
     "RN50": dict(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64, vision_patch_size=None,
                  context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12),
     "mini": MINI_CLIP,
+    "mini-vit": MINI_VIT_CLIP,
 }
 
 OFFLINE_HINT = ("Without internet, use the kit's own model: load_clip('mini'), or run the notebooks "

@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 from .features import encode_images
+from .quantize import int8_image_tower
 from .similarity import normalize
 from .text import encode_texts
 
@@ -46,7 +47,13 @@ def scores(image_features, labels, classifier):
     }
 
 
-def evaluate(model, loader, classifier, progress=False):
-    """Zero-shot scores over a loader of (images, labels); the class prompts are encoded once, before."""
+def evaluate(model, loader, classifier, progress=False, int8=False):
+    """Zero-shot scores over a loader of (images, labels); the class prompts are encoded once, before.
+
+    int8=True encodes the images with an int8 copy of a ViT image tower (clip_helpers.quantize), made
+    once here: about 2x faster on a CPU, and not exact.
+    """
+    if int8:
+        model = int8_image_tower(model)
     image_features, labels = encode_images(model, loader, progress=progress)
     return scores(image_features, labels, classifier)

@@ -62,3 +62,15 @@ def test_reproduce_results_table_puts_the_numbers_side_by_side():
     table = reproduce.results_table(88.8, history, 5)
     assert "| Zero-shot CIFAR-10 top-1, ViT-B/32, 18-prompt ensemble | 88.8% |" in table
     assert "91.3%" in table and "80.0%" in table and "12.5%" in table and "5 / 5" in table
+
+
+def test_cli_int8_eval_on_a_vit_checkpoint(tmp_path):
+    import torch
+
+    from clip_helpers.models import build_random_clip
+    checkpoint = tmp_path / "mini-vit.pt"
+    torch.save(build_random_clip("mini-vit").state_dict(), checkpoint)
+    history = finetune.main(["--model", str(checkpoint), "--dataset", "shapes", "--epochs", "1", "--batch-size", "16",
+                             "--train-size", "32", "--val-size", "16", "--run", "int8", "--data-dir", str(tmp_path),
+                             "--device", "cpu", "--no-progress", "--int8-eval"])
+    assert len(history) == 1 and 0 <= history["val_top1"].iloc[0] <= 100

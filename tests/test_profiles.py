@@ -62,7 +62,11 @@ def test_can_reach_a_listening_socket_and_not_a_closed_port():
 
 
 def test_can_reach_gives_up_within_its_timeout(monkeypatch):
-    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(5))
+    def hangs_then_times_out(*args, **kwargs):  # like a DNS lookup that never answers
+        time.sleep(5)
+        raise socket.timeout("monkeypatched")
+
+    monkeypatch.setattr(socket, "create_connection", hangs_then_times_out)
     start = time.time()
     assert not profiles.can_reach("example.org", timeout=0.2)
     assert time.time() - start < 2

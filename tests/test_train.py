@@ -170,3 +170,12 @@ def test_train_mini_clip_smoke_recipe_trains_caches_and_reloads(tmp_path):
     assert cached_history["train_loss"].tolist() == pytest.approx(history["train_loss"].tolist())
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[name], tensor)
+
+
+def test_int8_evaluation_leaves_training_untouched_and_scores_close_to_fp32(tiny_data):
+    from clip_helpers.models import build_random_clip
+    fp32 = run(build_random_clip("mini-vit", seed=0).train(), tiny_data, config_for())
+    int8 = run(build_random_clip("mini-vit", seed=0).train(), tiny_data, config_for(int8_eval=True))
+    assert int8["train_loss"].tolist() == fp32["train_loss"].tolist()  # evaluation draws no random numbers
+    assert int8["val_loss"].tolist() != fp32["val_loss"].tolist()  # the int8 tower was used...
+    assert int8["val_loss"].tolist() == pytest.approx(fp32["val_loss"].tolist(), rel=0.02)  # ...and is close

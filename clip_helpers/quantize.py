@@ -1,0 +1,106 @@
+"""An int8 copy of CLIP for faster zero-shot evaluation on a CPU. Not exact: see tests/test_quantize.py and
+`benchmarks/finetune_speed.py --accuracy` for what it costs in accuracy.
+
+Dynamic quantization stores each nn.Linear's weights in int8 and quantizes its input on the fly, so a
+matrix product reads a quarter of the bytes and runs on the CPU's int8 instructions (VNNI where present).
+It reaches only modules that are nn.Linear: nn.MultiheadAttention keeps its input projection as a bare
+matrix, so we first swap it for the same math written with nn.Linear layers.
+"""
+import copy
+import itertools
+import warnings
+
+import torch
+import torch.nn.functional as F
+from clip.model import QuickGELU, VisionTransformer
+from torch import nn
+from torch.nn.utils import skip_init
+
+
+class LinearAttention(nn.Module):
+    """nn.MultiheadAttention's forward (sequence-first, no dropout) with its projections as nn.Linear."""
+
+    def __init__(self, attention):
+        super().__init__()
+        width = attention.embed_dim
+        self.num_heads = attention.num_heads
+        # skip_init: the weights are copied in below, so drawing random ones first would only cost time.
+        self.in_proj = skip_init(nn.Linear, width, 3 * width)
+        self.out_proj = skip_init(nn.Linear, width, width)
+        with torch.no_grad():
+            self.in_proj.weight.copy_(attention.in_proj_weight)
+            self.in_proj.bias.copy_(attention.in_proj_bias)
+            self.out_proj.weight.copy_(attention.out_proj.weight)
+            self.out_proj.bias.copy_(attention.out_proj.bias)
+
+    def forward(self, query, key, value, need_weights=False, attn_mask=None):
+        # clip's blocks call attn(x, x, x, ...): self-attention, so key and value are query again.
+        length, batch, width = query.shape
+        qkv = self.in_proj(query).reshape(length, batch, 3, self.num_heads, width // self.num_heads)
+        q, k, v = qkv.permute(2, 1, 3, 0, 4)  # each [batch, heads, length, head_width]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, width)), None
+
+
+def with_linear_attention(module):
+    """`module` with every nn.MultiheadAttention inside it replaced by an equal LinearAttention (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.MultiheadAttention):
+            setattr(module, name, LinearAttention(child))
+        else:
+            with_linear_attention(child)
+    return module
+
+
+QUICK_GELU_SCALE = 1.702  # clip's QuickGELU(x) = x * sigmoid(1.702 x) = silu(1.702 x) / 1.702
+
+
+def with_silu_mlps(module):
+    """`module` with each MLP's QuickGELU rewritten as one in-place SiLU, the same function (in place).
+
+    QuickGELU takes three passes over the MLP's widest activation (and a quarter of an int8 forward);
+    SiLU takes one. The 1.702 moves into the layers around it: c_fc scaled by 1.702, c_proj's weight by 1/1.702.
+    """
+    for block in module.modules():
+        mlp = getattr(block, "mlp", None)
+        if isinstance(mlp, nn.Sequential) and isinstance(getattr(mlp, "gelu", None), QuickGELU):
+            with torch.no_grad():
+                mlp.c_fc.weight.mul_(QUICK_GELU_SCALE)
+                mlp.c_fc.bias.mul_(QUICK_GELU_SCALE)
+                mlp.c_proj.weight.div_(QUICK_GELU_SCALE)
+            mlp.gelu = nn.SiLU(inplace=True)
+    return module
+
+
+def text_tower_tensors(model):
+    """A deepcopy memo that makes the copy share every tensor but the image tower's (~0.3 GB less for ViT-B/32).
+
+    Module objects are still copied, so setting the copy's train/eval mode never touches the original.
+    """
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    return {id(tensor): tensor for name, tensor in tensors if not name.startswith("visual.")}
+
+
+def int8_image_tower(model):
+    """A copy of `model` (CPU, eval mode) whose ViT image tower runs its linear layers in int8; it shares the fp32 text tower.
+
+    Use it for the images of a zero-shot evaluation; build the classifier from either copy (same text
+    tower). Making the copy takes about 2 s for ViT-B/32, so make it once per evaluation, not per batch.
+    """
+    if model.positional_embedding.device.type != "cpu":
+        raise ValueError("int8_image_tower is for CPUs; on a GPU use autocast (clip_helpers.device.autocast).")
+    if not isinstance(model.visual, VisionTransformer):
+        raise ValueError(f"int8_image_tower speeds up ViT image towers; this one is a {type(model.visual).__name__}, "
+                         "mostly convolutions, which dynamic quantization leaves in fp32. Evaluate it in fp32.")
+    quantize_dynamic = getattr(getattr(torch.ao, "quantization", None), "quantize_dynamic", None)
+    if quantize_dynamic is None:
+        raise RuntimeError(f"int8 evaluation needs torch.ao.quantization.quantize_dynamic, which torch {torch.__version__} "
+                           "no longer has. Evaluate in fp32 (int8=False), or install the torch of environment.yml.")
+    model = copy.deepcopy(model, memo=text_tower_tensors(model)).eval()
+    transformer = with_silu_mlps(with_linear_attention(model.visual.transformer))
+    with warnings.catch_warnings():
+        # torch marks its eager quantization deprecated in favour of torchao, whose CPU int8 path needs
+        # torch.compile; this one still works in eager mode, and the tests check its numbers.
+        warnings.filterwarnings("ignore", message=".*(deprecated|quantize_per_tensor).*")
+        model.visual.transformer = quantize_dynamic(transformer, {nn.Linear}, dtype=torch.qint8)
+    return model

@@ -1,0 +1,76 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from clip.model import QuickGELU
+from torch import nn
+
+from clip_helpers.models import build_random_clip
+from clip_helpers.quantize import LinearAttention, int8_image_tower, with_linear_attention, with_silu_mlps
+from clip_helpers.train import validation_scores
+from clip_helpers.zeroshot import build_classifier, evaluate
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return build_random_clip("mini-vit", seed=0)
+
+
+def test_linear_attention_equals_torch_multihead_attention():
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(32, 4).eval()
+    x = torch.randn(7, 3, 32)
+    causal = torch.full((7, 7), float("-inf")).triu_(1)
+    for mask in (None, causal):
+        expected = attention(x, x, x, need_weights=False, attn_mask=mask)[0]
+        assert torch.allclose(LinearAttention(attention)(x, x, x, attn_mask=mask)[0], expected, atol=1e-6)
+
+
+def test_silu_mlp_is_the_same_function_as_quick_gelu_mlp(vit):
+    x = torch.randn(4, 3, 32, 32)
+    rewritten = with_silu_mlps(copy.deepcopy(vit.visual))
+    assert not any(isinstance(m, QuickGELU) for m in rewritten.modules())
+    assert any(isinstance(m, QuickGELU) for m in vit.visual.modules())  # the original is untouched
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), vit.visual(x), atol=1e-5)
+        assert torch.allclose(with_linear_attention(copy.deepcopy(vit.visual))(x), vit.visual(x), atol=1e-5)
+
+
+def test_int8_image_tower_is_close_to_fp32_and_leaves_the_text_tower_alone(vit):
+    torch.manual_seed(1)
+    images = torch.randn(16, 3, 32, 32)
+    int8 = int8_image_tower(vit)
+    quantized = [m for m in int8.visual.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(quantized) == 4 * vit.visual.transformer.layers  # in_proj, out_proj, c_fc, c_proj per block
+    with torch.no_grad():
+        expected, got = vit.encode_image(images), int8.encode_image(images)
+        tokens = torch.randint(1, 100, (2, vit.context_length))
+        assert torch.equal(int8.encode_text(tokens), vit.encode_text(tokens))
+    assert not torch.equal(got, expected)  # int8 is not exact...
+    assert F.cosine_similarity(got, expected).min() > 0.99  # ...but close
+    assert isinstance(vit.visual.transformer.resblocks[0].attn, nn.MultiheadAttention)  # a copy was quantized
+
+
+def test_int8_evaluation_agrees_with_fp32_evaluation(vit):
+    torch.manual_seed(2)
+    batches = [(torch.randn(32, 3, 32, 32), torch.randint(4, (32,))) for _ in range(2)]
+    classifier = build_classifier(vit, ["red", "green", "blue", "yellow"], ["a {} shape."])
+    fp32, int8 = evaluate(vit, batches, classifier), evaluate(vit, batches, classifier, int8=True)
+    # Random weights give near-ties between classes, where int8 rounding may flip a few predictions.
+    assert abs(fp32["top1"] - int8["top1"]) <= 100 * 4 / 64
+    scores_int8 = validation_scores(vit, batches, classifier, amp=None, int8=True)
+    assert scores_int8["val_top1"] == pytest.approx(int8["top1"])
+
+
+def test_int8_image_tower_refuses_a_resnet_tower_with_a_reason():
+    with pytest.raises(ValueError, match="ViT image towers.*ModifiedResNet"):
+        int8_image_tower(build_random_clip("mini"))
+
+
+def test_int8_copy_shares_the_text_weights_but_not_the_training_mode(vit):
+    model = copy.deepcopy(vit).train()
+    int8 = int8_image_tower(model)
+    assert int8.token_embedding.weight is model.token_embedding.weight  # no second copy of the text tower
+    assert int8.visual is not model.visual and not int8.training
+    assert model.training and model.transformer.training  # the original keeps its mode
