@@ -193,10 +193,11 @@ def save_atomically(obj, path):
     os.replace(temporary, path)
 
 
-def save_checkpoint(run_dir, epoch, model, optimizer, scheduler, scaler, history):
+def save_checkpoint(run_dir, epoch, model, optimizer, scheduler, scaler, history, plan=None):
+    """`plan`: {"num_epochs", "steps_per_epoch"}, the schedule the run was made for (checked on resume)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_atomically({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    save_atomically({"epoch": epoch, "plan": plan, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                      "rng": rng_states(), "history": history}, run_dir / "checkpoint.pt")
     # The weights alone, as a plain state dict: clip_helpers.models.load_clip(run_dir / "model.pt") loads it.
@@ -267,8 +268,10 @@ def fine_tune(model, train_loader, val_loader, config):
     scheduler = make_scheduler(optimizer, config.num_epochs * steps_per_epoch, config.warmup_fraction)
     scaler = make_scaler(device, config.amp)
     history, first_epoch = [], 1
+    plan = {"num_epochs": config.num_epochs, "steps_per_epoch": steps_per_epoch}
     state = load_checkpoint(config.run_dir) if config.resume and config.run_dir else None
     if state is not None:
+        check_plan(state.get("plan"), plan, config.run_dir)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -307,8 +310,18 @@ def fine_tune(model, train_loader, val_loader, config):
                         **validation_scores(model, val_loader, classifier, config.amp, config.int8_eval),
                         "lr": lr, "seconds": time.perf_counter() - start})
         if config.run_dir:
-            save_checkpoint(config.run_dir, epoch, model, optimizer, scheduler, scaler, history)
+            save_checkpoint(config.run_dir, epoch, model, optimizer, scheduler, scaler, history, plan)
     return pd.DataFrame(history)
+
+
+def check_plan(saved, plan, run_dir):
+    """Refuse to resume with another number of epochs or batches per epoch: the saved learning-rate schedule
+    was laid out for the old ones, so the resumed run would match neither the old plan nor the new one."""
+    if saved is not None and saved != plan:
+        raise ValueError(
+            f"The checkpoint in {run_dir} was made for {saved['num_epochs']} epochs of {saved['steps_per_epoch']} "
+            f"steps; this run asks for {plan['num_epochs']} epochs of {plan['steps_per_epoch']} steps. Resume with "
+            f"the same num_epochs, batch size and data, or start a new run (another run_dir, or resume=False).")
 
 
 # ---------------------------------------------------------------- mini-CLIP on shapes, from scratch

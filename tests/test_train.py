@@ -179,3 +179,11 @@ def test_int8_evaluation_leaves_training_untouched_and_scores_close_to_fp32(tiny
     assert int8["train_loss"].tolist() == fp32["train_loss"].tolist()  # evaluation draws no random numbers
     assert int8["val_loss"].tolist() != fp32["val_loss"].tolist()  # the int8 tower was used...
     assert int8["val_loss"].tolist() == pytest.approx(fp32["val_loss"].tolist(), rel=0.02)  # ...and is close
+
+
+def test_resume_with_another_number_of_epochs_is_refused_with_a_reason(mini, tiny_data, tmp_path):
+    run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "run", num_epochs=1))
+    with pytest.raises(ValueError, match="made for 1 epochs of 3 steps.*asks for 2 epochs of 3 steps.*new run"):
+        run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "run", num_epochs=2, resume=True))
+    resumed = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "run", num_epochs=1, resume=True))
+    assert resumed["epoch"].tolist() == [1]  # the same plan resumes (here: nothing left to do)
