@@ -126,15 +126,18 @@ def time_evaluation(report_model, kit_model, batches, device, repeats, warmup, t
     context = report_model.context_length
     report_batches = [(images, clip.tokenize(bare_captions(labels.tolist()), context_length=context))
                       for images, labels in batches]
+
+    def zero_shot(model):
+        return lambda: evaluate(model, batches, build_classifier(model, CIFAR10_CLASSES, list(templates)))
+
     kit_model.eval()
-    fns = {"report": lambda: report.evaluateModel(report_model, report_batches, device),
-           "kit": lambda: evaluate(kit_model, batches, build_classifier(kit_model, CIFAR10_CLASSES, list(templates)))}
+    fns = {"report": lambda: report.evaluateModel(report_model, report_batches, device), "kit": zero_shot(kit_model)}
     result = {}
     if device == "cpu" and isinstance(kit_model.visual, VisionTransformer):
         start = time.perf_counter()
         int8_model = int8_image_tower(kit_model)
         result["int8_copy_seconds"] = time.perf_counter() - start
-        fns["kit_int8"] = lambda: evaluate(int8_model, batches, build_classifier(int8_model, CIFAR10_CLASSES, list(templates)))
+        fns["kit_int8"] = zero_shot(int8_model)
     n_images = repeats * sum(len(images) for images, _ in batches)
     times = interleaved_seconds(list(fns.values()), device, repeats, warmup)
     return result | {name: n_images / t for name, t in zip(fns, times)}
@@ -187,9 +190,8 @@ def drop_patches(keep):
     return hook
 
 
-def predictions(model, dataset, classifier, int8):
-    features, labels = encode_images(int8_image_tower(model) if int8 else model,
-                                     DataLoader(dataset, batch_size=256), progress=False)
+def predictions(model, dataset, classifier):
+    features, labels = encode_images(model, DataLoader(dataset, batch_size=256), progress=False)
     return logits(features, classifier).argmax(dim=1), labels
 
 
@@ -197,15 +199,16 @@ def accuracy_comparison(patch_keep=0.5):
     """The two speed-ups that are not exact, on the ViT mini-CLIP trained on shapes with the kit's loop
     (train.MINI_VIT_RECIPE): int8 evaluation of the trained model against fp32, on the same images; and
     training with half the patches dropped against training with all of them."""
-    recipe = {**train.MINI_RECIPE, **train.MINI_VIT_RECIPE}
-    model, preprocess, history = train.train_mini_clip(train.MINI_VIT_RECIPE, progress=False)
+    recipe = train.MINI_VIT_RECIPE
+    model, preprocess, history = train.train_mini_clip(recipe, progress=False)
+    int8_model = int8_image_tower(model)
     _, val, heldout, class_names = train.shapes_splits(recipe, preprocess)
     # More images of every pair, none of them trained on, so a difference of one point is 18 images.
     fresh = train.rendered(ShapesDataset("all", n_per_class=50, seed=recipe["seed"] + 1, transform=preprocess))
     classifier = build_classifier(model, class_names, SHAPES_TEMPLATES)
     result = {}
     for name, dataset in {"seen_val": val, "heldout": heldout, "fresh_all_pairs": fresh}.items():
-        (fp32, labels), (int8, _) = (predictions(model, dataset, classifier, int8) for int8 in (False, True))
+        (fp32, labels), (int8, _) = predictions(model, dataset, classifier), predictions(int8_model, dataset, classifier)
         row = {"n": len(labels), "fp32_top1": 100 * (fp32 == labels).float().mean().item(),
                "int8_top1": 100 * (int8 == labels).float().mean().item(),
                "same_prediction": 100 * (fp32 == int8).float().mean().item()}
