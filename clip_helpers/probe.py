@@ -1,0 +1,173 @@
+"""Linear probe on frozen image features, as the CLIP paper's appendix A.3 does it, and its k-shot curve.
+
+The paper fits scikit-learn's L-BFGS logistic regression (max 1,000 iterations) on frozen features and picks
+the L2 strength lambda on a validation split: a sweep starting at lambda = 1e-6, 1e-4, ..., 1e6 (every two
+decades), then a parametric binary search that halves the interval around the best value until it reaches
+8 steps per decade. `select_C` does exactly that over scikit-learn's C (the inverse strength; the range is
+symmetric, so sweeping C over [1e-6, 1e6] is sweeping lambda = 1/C over the same range): 7 + 2 * 4 = 15 fits.
+
+Features: the paper takes the penultimate layer (for ViTs, before the projection) and A.3 mentions no
+standardisation. The kit probes the projected embeddings that `features.encode_images` returns, L2-normalised
+(`probe_inputs`), so the probe and the zero-shot classifier read the very same vectors and can be compared line
+for line. The paper then refits on train + validation with the chosen C (`fit_probe(..., refit=True)`).
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+
+MAX_ITER = 1000
+START_LOG10_C = np.arange(-6.0, 7.0, 2.0)  # the paper's seven starting points, two decades apart
+STEPS_PER_DECADE = 8
+K_SHOTS = (1, 2, 4, 8, 16)
+
+
+def probe_inputs(image_features) -> np.ndarray:
+    """[n, dim] float64 numpy array of the rows scaled to unit length (what every function here fits on)."""
+    image_features = torch.as_tensor(image_features).detach().cpu().double()
+    if image_features.dim() != 2 or not torch.isfinite(image_features).all():
+        raise ValueError(f"image_features must be a finite [n, dim] array, got shape {tuple(image_features.shape)} "
+                         "with non-finite values or the wrong rank; recompute the features")
+    return torch.nn.functional.normalize(image_features, dim=-1).numpy()
+
+
+def as_labels(labels) -> np.ndarray:
+    return torch.as_tensor(labels).detach().cpu().long().numpy()
+
+
+def fit_logistic(image_features, labels, C: float, max_iter: int = MAX_ITER) -> LogisticRegression:
+    """A LogisticRegression (L-BFGS, multinomial, L2 strength 1/C) fitted on the normalised features."""
+    classifier = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter)
+    return classifier.fit(probe_inputs(image_features), as_labels(labels))
+
+
+def probe_accuracy(classifier, image_features, labels) -> float:
+    """Top-1 accuracy (percent) of a fitted probe on (image_features, labels)."""
+    predictions = classifier.predict(probe_inputs(image_features))
+    return 100 * float(np.mean(predictions == as_labels(labels)))
+
+
+def select_C(train_features, train_labels, val_features, val_labels,
+             start_log10_C=START_LOG10_C, steps_per_decade: int = STEPS_PER_DECADE,
+             max_iter: int = MAX_ITER) -> tuple[LogisticRegression, float, pd.DataFrame]:
+    """(classifier fitted on train with the best C, that C, the sweep: one row per C tried).
+
+    The sweep's columns: C, log10_C, val_accuracy (percent), converged. The best C is the highest validation
+    accuracy; a tie goes to the smaller C (the stronger regularisation). After the starting grid, each round
+    tries the two points half a step either side of the best so far and halves the step, until the step is
+    1/steps_per_decade decade (start_log10_C a single value or steps_per_decade=0: no refinement).
+    """
+    tried: dict[float, tuple[float, bool, LogisticRegression]] = {}
+
+    def attempt(log10_C: float) -> None:
+        log10_C = round(float(log10_C), 6)
+        if log10_C in tried:
+            return
+        with warnings.catch_warnings():
+            # Very weak regularisation on separable data often stops at max_iter; that is recorded, not hidden.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            classifier = fit_logistic(train_features, train_labels, 10.0 ** log10_C, max_iter)
+        converged = bool(np.all(classifier.n_iter_ < max_iter))
+        tried[log10_C] = (probe_accuracy(classifier, val_features, val_labels), converged, classifier)
+
+    def best() -> float:  # highest accuracy, then smallest C
+        return max(tried, key=lambda log10_C: (tried[log10_C][0], -log10_C))
+
+    start = np.sort(np.atleast_1d(np.asarray(start_log10_C, dtype=float)))
+    for log10_C in start:
+        attempt(log10_C)
+    step = float(np.min(np.diff(start))) if len(start) > 1 else 0.0
+    while steps_per_decade and step > 1 / steps_per_decade + 1e-9:
+        step /= 2
+        centre = best()
+        attempt(centre - step)
+        attempt(centre + step)
+    chosen = best()
+    sweep = pd.DataFrame([{"C": 10.0 ** log10_C, "log10_C": log10_C, "val_accuracy": accuracy, "converged": ok}
+                          for log10_C, (accuracy, ok, _) in sorted(tried.items())])
+    return tried[chosen][2], 10.0 ** chosen, sweep
+
+
+def fit_probe(train_features, train_labels, val_features, val_labels, refit: bool = False,
+              max_iter: int = MAX_ITER) -> tuple[LogisticRegression, float]:
+    """(classifier, chosen C): C picked on the validation split by `select_C`.
+
+    refit=True refits with that C on train + validation together, as the paper does for its final numbers
+    (then the validation split can no longer measure the classifier). Warns if the returned fit hit max_iter.
+    """
+    classifier, C, _ = select_C(train_features, train_labels, val_features, val_labels, max_iter=max_iter)
+    if refit:
+        features = np.concatenate([probe_inputs(train_features), probe_inputs(val_features)])
+        classifier = fit_logistic(features, np.concatenate([as_labels(train_labels), as_labels(val_labels)]),
+                                  C, max_iter)
+    if np.any(classifier.n_iter_ >= max_iter):
+        warnings.warn(f"the probe with C={C:.3g} stopped at max_iter={max_iter} without converging; its accuracy "
+                      "may still be fine, but pass a larger max_iter to be sure", ConvergenceWarning, stacklevel=2)
+    return classifier, C
+
+
+def k_shot_indices(labels, k: int, seed: int = 0) -> np.ndarray:
+    """Indices of exactly k images for every class present in `labels`, drawn without replacement.
+
+    Sorted by class, then randomly within a class; the same seed gives the same draw. A class with fewer than
+    k images is refused (ValueError naming it) rather than silently given fewer, since a "k-shot" point that
+    mixes k and fewer shots would be mislabelled.
+    """
+    labels = as_labels(labels)
+    if k < 1:
+        raise ValueError(f"k must be at least 1 image per class, got {k}")
+    classes, counts = np.unique(labels, return_counts=True)
+    short = {int(c): int(n) for c, n in zip(classes, counts) if n < k}
+    if short:
+        raise ValueError(f"k={k} images per class asked, but classes {short} (class: images) have fewer; "
+                         f"choose k <= {counts.min()} or give more labelled images")
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c in classes])
+
+
+def k_shot_draws(train_features, train_labels, val_features, val_labels, test_features, test_labels,
+                 ks=K_SHOTS, n_draws: int = 5, seed: int = 0, C: float | None = None) -> pd.DataFrame:
+    """One row per (k, draw): k, draw, C, test accuracy (percent) of a probe fitted on k images per class.
+
+    C=None picks C on the validation split for each draw (`select_C`). That split is larger than k images
+    per class, so the curve is what k labelled images give when the regularisation is well tuned: an upper
+    bound for a strict k-shot setting. Pass a fixed C to avoid it. Draw d of every k uses seed + d.
+    """
+    train_features, train_labels = probe_inputs(train_features), as_labels(train_labels)
+    rows = []
+    for k in ks:
+        for draw in range(n_draws):
+            chosen = k_shot_indices(train_labels, k, seed + draw)
+            if C is None:
+                classifier, draw_C, _ = select_C(train_features[chosen], train_labels[chosen], val_features, val_labels)
+            else:
+                classifier, draw_C = fit_logistic(train_features[chosen], train_labels[chosen], C), C
+            rows.append({"k": k, "draw": draw, "C": draw_C,
+                         "accuracy": probe_accuracy(classifier, test_features, test_labels)})
+    return pd.DataFrame(rows)
+
+
+def k_shot_curve(draws: pd.DataFrame) -> pd.DataFrame:
+    """Per k (the index): mean, std, min, max of the accuracy over the draws of `k_shot_draws`, and n_draws."""
+    curve = draws.groupby("k")["accuracy"].agg(["mean", "std", "min", "max", "count"])
+    return curve.rename(columns={"count": "n_draws"})
+
+
+def zeroshot_probe(classifier, logit_scale: float = 100.0) -> LogisticRegression:
+    """The zero-shot classifier ([n_classes, dim] rows from zeroshot.build_classifier) as a fitted
+    LogisticRegression (coef_ = logit_scale * rows, no intercept), so `probe_accuracy` scores both alike.
+
+    Its predictions are zeroshot.logits(...).argmax. Why not initialise the probe from it: the L2-regularised
+    logistic loss is strictly convex, so L-BFGS reaches the same optimum from any start; only a penalty
+    that pulls towards these rows (not a start) would let the text prior help a k-shot probe.
+    """
+    rows = torch.as_tensor(classifier).detach().cpu().double().numpy()
+    probe = LogisticRegression()
+    probe.classes_ = np.arange(len(rows))
+    probe.coef_ = logit_scale * rows
+    probe.intercept_ = np.zeros(len(rows))
+    probe.n_features_in_ = rows.shape[1]
+    return probe
