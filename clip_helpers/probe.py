@@ -50,33 +50,45 @@ def probe_accuracy(classifier, image_features, labels) -> float:
     return 100 * float(np.mean(predictions == as_labels(labels)))
 
 
+def validation_loss(classifier, image_features, labels) -> float:
+    """Mean cross-entropy (nats) of a fitted probe over the rows whose class it was trained on."""
+    labels = as_labels(labels)
+    known = np.isin(labels, classifier.classes_)
+    probabilities = classifier.predict_proba(probe_inputs(image_features)[known])
+    true = probabilities[np.arange(known.sum()), np.searchsorted(classifier.classes_, labels[known])]
+    return float(-np.log(np.clip(true, np.finfo(np.float64).eps, None)).mean())  # sklearn.metrics.log_loss clips so too
+
+
 def select_C(train_features, train_labels, val_features, val_labels,
              start_log10_C=START_LOG10_C, steps_per_decade: int = STEPS_PER_DECADE,
              max_iter: int = MAX_ITER) -> tuple[LogisticRegression, float, pd.DataFrame]:
     """(classifier fitted on train with the best C, that C, the sweep: one row per C tried).
 
-    The sweep's columns: C, log10_C, val_accuracy (percent), converged. The best C is the highest validation
-    accuracy; a tie goes to the smaller C (the stronger regularisation). After the starting grid, each round
-    tries the two points half a step either side of the best so far and halves the step, until the step is
-    1/steps_per_decade decade (start_log10_C a single value or steps_per_decade=0: no refinement).
+    The sweep's columns: C, log10_C, val_accuracy (percent), val_loss (cross-entropy), converged. The best C
+    has the highest validation accuracy; among equal accuracies the lowest validation cross-entropy (accuracy
+    is flat over decades of C, and very small C predicts the same classes with near-uniform probabilities),
+    then the smaller C. After the starting grid, each round tries the two points half a step either side of
+    the best so far (within the grid's range) and halves the step, until the step is 1/steps_per_decade decade
+    (start_log10_C a single value or steps_per_decade=0: no refinement).
     """
-    tried: dict[float, tuple[float, bool, LogisticRegression]] = {}
+    start = np.sort(np.atleast_1d(np.asarray(start_log10_C, dtype=float)))
+    tried: dict[float, tuple[float, float, bool, LogisticRegression]] = {}
 
     def attempt(log10_C: float) -> None:
         log10_C = round(float(log10_C), 6)
-        if log10_C in tried:
+        if log10_C in tried or not start[0] <= log10_C <= start[-1]:
             return
         with warnings.catch_warnings():
             # Very weak regularisation on separable data often stops at max_iter; that is recorded, not hidden.
             warnings.simplefilter("ignore", ConvergenceWarning)
             classifier = fit_logistic(train_features, train_labels, 10.0 ** log10_C, max_iter)
         converged = bool(np.all(classifier.n_iter_ < max_iter))
-        tried[log10_C] = (probe_accuracy(classifier, val_features, val_labels), converged, classifier)
+        tried[log10_C] = (probe_accuracy(classifier, val_features, val_labels),
+                          validation_loss(classifier, val_features, val_labels), converged, classifier)
 
-    def best() -> float:  # highest accuracy, then smallest C
-        return max(tried, key=lambda log10_C: (tried[log10_C][0], -log10_C))
+    def best() -> float:
+        return max(tried, key=lambda log10_C: (tried[log10_C][0], -tried[log10_C][1], -log10_C))
 
-    start = np.sort(np.atleast_1d(np.asarray(start_log10_C, dtype=float)))
     for log10_C in start:
         attempt(log10_C)
     step = float(np.min(np.diff(start))) if len(start) > 1 else 0.0
@@ -86,9 +98,9 @@ def select_C(train_features, train_labels, val_features, val_labels,
         attempt(centre - step)
         attempt(centre + step)
     chosen = best()
-    sweep = pd.DataFrame([{"C": 10.0 ** log10_C, "log10_C": log10_C, "val_accuracy": accuracy, "converged": ok}
-                          for log10_C, (accuracy, ok, _) in sorted(tried.items())])
-    return tried[chosen][2], 10.0 ** chosen, sweep
+    sweep = pd.DataFrame([{"C": 10.0 ** log10_C, "log10_C": log10_C, "val_accuracy": accuracy, "val_loss": loss,
+                           "converged": ok} for log10_C, (accuracy, loss, ok, _) in sorted(tried.items())])
+    return tried[chosen][3], 10.0 ** chosen, sweep
 
 
 def fit_probe(train_features, train_labels, val_features, val_labels, refit: bool = False,

@@ -107,3 +107,52 @@ class ShapesDataset(Dataset):
         colour, shape = self.classes[label].split(" ")
         image = draw_shape(colour, shape, self.image_size, rng)
         return (self.transform(image) if self.transform else image), label
+
+
+def draw_scene(n_objects: int = 3, size: int = 96, object_size: int = 32, seed: int = 0,
+               objects=None) -> tuple[Image.Image, list[tuple[str, str, tuple[int, int, int, int]]]]:
+    """(PIL RGB image, [(colour, shape, box), ...]): several shapes on one pale noisy size x size canvas.
+
+    The canvas is cut into (size // object_size)^2 square cells; each object is drawn as in `draw_shape`
+    inside its own randomly chosen cell, and its box (left, top, right, bottom) is that cell, so boxes never
+    overlap and a crop of one is a single-shape image like the training images. `objects` fixes the
+    (colour, shape) pairs (e.g. "red circle, blue square" against its swap, to test attribute binding);
+    otherwise n_objects distinct pairs are drawn at random. The same arguments give the same pixels.
+    """
+    cells_per_side = size // object_size
+    rng = np.random.default_rng([seed, size, object_size])
+    if objects is None:
+        pairs = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+        objects = [pairs[i] for i in rng.choice(len(pairs), size=n_objects, replace=False)]
+    objects = [tuple(pair) for pair in objects]
+    if not 0 < len(objects) <= cells_per_side ** 2:
+        raise ValueError(f"a {size}px scene holds 1 to {cells_per_side ** 2} objects of {object_size}px, "
+                         f"got {len(objects)}; make the canvas larger or the objects smaller")
+    for colour, shape in objects:
+        if colour not in RGB or shape not in SHAPES:
+            raise ValueError(f"unknown object ({colour!r}, {shape!r}); colours {COLOURS}, shapes {SHAPES}")
+    tint = rng.uniform(205, 245) + rng.uniform(-10, 10, size=3)
+    canvas = Image.fromarray(np.clip(tint + rng.normal(0, 6, size=(size, size, 3)), 0, 255).astype(np.uint8))
+    cells = rng.choice(cells_per_side ** 2, size=len(objects), replace=False)
+    placed = []
+    for (colour, shape), cell in zip(objects, cells):
+        left, top = int(cell % cells_per_side) * object_size, int(cell // cells_per_side) * object_size
+        box = (left, top, left + object_size, top + object_size)
+        fill = np.clip(np.array(RGB[colour]) + rng.uniform(-15, 15, size=3), 0, 255).astype(int)
+        canvas.paste(Image.new("RGB", (object_size, object_size), tuple(fill)), box,
+                     mask=draw_mask(shape, object_size, rng))
+        placed.append((colour, shape, box))
+    return canvas, placed
+
+
+def crop_boxes(image: Image.Image, boxes, size: int | None = None) -> list[Image.Image]:
+    """One PIL image per box (left, top, right, bottom), resized to size x size when `size` is given."""
+    crops = [image.crop(tuple(box)) for box in boxes]
+    return [crop.resize((size, size), Image.Resampling.BICUBIC) for crop in crops] if size else crops
+
+
+def grid_boxes(image: Image.Image, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
+    """The boxes of a rows x cols grid over the image, row by row (for scenes whose objects are not known)."""
+    width, height = image.size
+    xs, ys = np.linspace(0, width, cols + 1).round().astype(int), np.linspace(0, height, rows + 1).round().astype(int)
+    return [(int(xs[c]), int(ys[r]), int(xs[c + 1]), int(ys[r + 1])) for r in range(rows) for c in range(cols)]

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 
 from clip_helpers import probe, zeroshot
 
@@ -39,13 +40,17 @@ def test_fit_logistic_is_sklearn_on_unit_rows(splits):
 def test_select_C_picks_the_best_validation_C_of_a_brute_force_loop(splits):
     (train, train_labels), (val, val_labels), _ = splits
     classifier, C, sweep = probe.select_C(train, train_labels, val, val_labels)
-    brute = []
+    brute, losses = [], []
     for c in sweep["C"]:
         fitted = LogisticRegression(C=c, max_iter=1000).fit(unit(train), train_labels.numpy())
         brute.append(100 * np.mean(fitted.predict(unit(val)) == val_labels.numpy()))
+        losses.append(log_loss(val_labels.numpy(), fitted.predict_proba(unit(val)), labels=fitted.classes_))
     np.testing.assert_allclose(sweep["val_accuracy"], brute)
-    best = np.flatnonzero(np.isclose(brute, max(brute)))[0]  # sweep is sorted by C: first = smallest C
+    np.testing.assert_allclose(sweep["val_loss"], losses, rtol=1e-6)
+    # Best accuracy; among equals the lowest cross-entropy (then the smallest C; sweep is sorted by C).
+    best = min(range(len(brute)), key=lambda i: (-brute[i], losses[i], i))
     assert C == pytest.approx(sweep["C"][best])
+    assert sweep["C"].min() >= 1e-6 and sweep["C"].max() <= 1e6
     assert probe.probe_accuracy(classifier, val, val_labels) == pytest.approx(max(brute))
     # The accuracy must actually depend on C here, or the test would pass for any choice.
     assert min(brute) < max(brute)
@@ -65,9 +70,9 @@ def test_a_plain_grid_without_refinement_picks_the_grid_argmax(splits):
     grid = np.linspace(-3, 3, 10)
     _, C, sweep = probe.select_C(train, train_labels, val, val_labels, start_log10_C=grid, steps_per_decade=0)
     assert len(sweep) == 10
-    accuracies = [probe.probe_accuracy(probe.fit_logistic(train, train_labels, 10.0 ** g), val, val_labels)
-                  for g in grid]
-    assert np.log10(C) == pytest.approx(grid[int(np.argmax(accuracies))])
+    fits = [probe.fit_logistic(train, train_labels, 10.0 ** g) for g in grid]
+    keys = [(-probe.probe_accuracy(f, val, val_labels), probe.validation_loss(f, val, val_labels)) for f in fits]
+    assert np.log10(C) == pytest.approx(grid[min(range(10), key=lambda i: keys[i])])
 
 
 def test_fit_probe_refit_uses_train_and_val(splits):
