@@ -108,3 +108,85 @@ def test_templates_make_captions():
 def test_bad_split_is_refused():
     with pytest.raises(ValueError, match="heldout"):
         ShapesDataset("test")
+
+
+# Multi-object scenes (draw_scene, crop_boxes, grid_boxes)
+from clip_helpers.shapes import crop_boxes, draw_scene, grid_boxes  # noqa: E402
+
+
+def hues_and_saturation(pixels_rgb):
+    hsv = np.array([colorsys.rgb_to_hsv(*p) for p in np.asarray(pixels_rgb, dtype=float).reshape(-1, 3) / 255])
+    return np.degrees(hsv[:, 0] * 2 * np.pi) % 360, hsv[:, 1]
+
+
+def in_band(hue, colour):
+    low, high = HUES[colour]
+    return (low <= hue) & (hue <= high) if low < high else (hue >= low) | (hue <= high)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scene_boxes_are_inside_and_do_not_overlap(seed):
+    image, objects = draw_scene(n_objects=5, size=96, object_size=32, seed=seed)
+    assert image.mode == "RGB" and image.size == (96, 96) and len(objects) == 5
+    covered = np.zeros((96, 96), dtype=int)
+    for _, _, (left, top, right, bottom) in objects:
+        assert 0 <= left < right <= 96 and 0 <= top < bottom <= 96 and right - left == bottom - top == 32
+        covered[top:bottom, left:right] += 1
+    assert covered.max() == 1
+    assert len({(colour, shape) for colour, shape, _ in objects}) == 5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_each_box_holds_a_shape_of_its_stated_colour_and_the_rest_is_background(seed):
+    image, objects = draw_scene(n_objects=4, seed=seed)
+    rgb = np.asarray(image)
+    outside = np.ones(rgb.shape[:2], dtype=bool)
+    for colour, _, (left, top, right, bottom) in objects:
+        hue, saturation = hues_and_saturation(rgb[top:bottom, left:right])
+        shape = saturation > 0.5
+        assert shape.mean() > 0.05, "the shape should cover a visible part of its box"
+        assert in_band(hue[shape], colour).mean() > 0.9, (colour, seed)
+        outside[top:bottom, left:right] = False
+    _, saturation = hues_and_saturation(rgb[outside])
+    assert (saturation > 0.5).mean() < 0.01
+
+
+def test_same_seed_same_scene_other_seed_other_scene():
+    (a, objects_a), (b, objects_b) = draw_scene(seed=4), draw_scene(seed=4)
+    assert np.array_equal(pixels(a), pixels(b)) and objects_a == objects_b
+    assert not np.array_equal(pixels(a), pixels(draw_scene(seed=5)[0]))
+
+
+def test_scene_with_given_objects_for_attribute_binding():
+    wanted = [("red", "circle"), ("blue", "square")]
+    swapped = [("blue", "circle"), ("red", "square")]
+    _, objects = draw_scene(objects=wanted, seed=0)
+    assert [(colour, shape) for colour, shape, _ in objects] == wanted
+    _, objects = draw_scene(objects=swapped, seed=0)
+    assert [(colour, shape) for colour, shape, _ in objects] == swapped
+
+
+def test_impossible_scenes_are_refused():
+    with pytest.raises(ValueError, match="1 to 9 objects"):
+        draw_scene(n_objects=10, size=96, object_size=32)
+    with pytest.raises(ValueError, match="unknown object"):
+        draw_scene(objects=[("pink", "circle")])
+
+
+def test_crops_are_the_boxes_resized():
+    image, objects = draw_scene(n_objects=3, seed=2)
+    boxes = [box for _, _, box in objects]
+    crops = crop_boxes(image, boxes)
+    for crop, (left, top, right, bottom) in zip(crops, boxes):
+        assert np.array_equal(pixels(crop), pixels(image)[top:bottom, left:right])
+    assert all(crop.size == (224, 224) for crop in crop_boxes(image, boxes, size=224))
+
+
+def test_grid_boxes_tile_the_image_exactly():
+    image, _ = draw_scene(size=96, seed=0)
+    for rows, cols in ((3, 3), (2, 5)):
+        boxes = grid_boxes(image, rows, cols)
+        covered = np.zeros((96, 96), dtype=int)
+        for left, top, right, bottom in boxes:
+            covered[top:bottom, left:right] += 1
+        assert len(boxes) == rows * cols and (covered == 1).all()
