@@ -297,7 +297,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 on CPU, 3 on CUDA)")
-    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the matrices that measure the ceiling")
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help="side of the matrices that measure the ceiling (default 2048 on CPU, 8192 on CUDA)")
     parser.add_argument("--eval-batches", type=int, default=4, help="batches per evaluation pass")
     parser.add_argument("--eval-repeats", type=int, default=None, help="timed evaluation passes (default 3 on CPU, 5 on CUDA)")
     parser.add_argument("--ensemble", action="store_true",
@@ -334,7 +335,7 @@ def main(argv=None):
         if name in training:
             print(f"train step  report {report_train:7.2f} images/s   {name:8s} {training[name]:7.2f} images/s   "
                   f"{name}/report {training[name] / report_train:5.2f}x")
-    ceilings = training_ceilings(training, args.batch_size, device, args.matmul_size)
+    ceilings = training_ceilings(training, args.batch_size, device, args.matmul_size or (2048 if on_cpu else 8192))
     print(f"            one step is {training['report_gflop']:.0f} GFLOP (report) and {training['kit_gflop']:.0f} GFLOP "
           f"(kit). At the best measured fp32 matmul rate, {ceilings['matmul_gflop_per_s']:.0f} GFLOP/s, plus AdamW's "
           f"{training['kit_optimizer_seconds']:.2f} s, an exact fp32 step cannot exceed {ceilings['ceiling_images_per_s']:.2f}"
