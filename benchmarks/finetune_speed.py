@@ -12,7 +12,12 @@ weights, sets the speed. The report's step is clip_helpers.report.trainStep, its
 Report and kit are timed alternately in one process, so a busy machine slows both alike.
 
 It also counts each step's floating-point operations and measures the device's fp32 matrix-product rate:
-their quotient is the fastest any exact fp32 step could be. Evaluation is timed in fp32 and, on a CPU
+their quotient (plus AdamW's update) is the fastest any exact fp32 step could be, and the JSON gives the
+kit's fp32 step as a fraction of it (kit_fraction_of_ceiling; the target is FRACTION_TARGET). Where the
+device multiplies bf16 in hardware (a GPU, or a CPU with avx512_bf16/amx_bf16), the kit's step is also
+timed under bf16 autocast against a bf16 ceiling measured the same way, so the default precision can be
+chosen from measurements (with --precision for what bf16 costs in accuracy). On CUDA it also reports the
+model FLOPs utilisation of the bf16 step against the GPU's published dense bf16 peak (BF16_PEAK_TFLOPS). Evaluation is timed in fp32 and, on a CPU
 with a ViT, with the kit's int8 image tower (clip_helpers.quantize), which is not exact: --accuracy says
 what it costs.
 """
@@ -31,13 +36,31 @@ from torch.utils.flop_counter import FlopCounterMode
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from clip_helpers import report, train  # noqa: E402
-from clip_helpers.device import autocast_dtype, get_device  # noqa: E402
+from clip_helpers.device import autocast_dtype, cpu_has_bf16, get_device  # noqa: E402
 from clip_helpers.features import encode_images  # noqa: E402
 from clip_helpers.models import build_random_clip  # noqa: E402
 from clip_helpers.quantize import int8_image_tower  # noqa: E402
 from clip_helpers.shapes import SHAPES_TEMPLATES, ShapesDataset  # noqa: E402
 from clip_helpers.text import CIFAR10_CLASSES, CIFAR10_TEMPLATES  # noqa: E402
 from clip_helpers.zeroshot import build_classifier, evaluate, logits  # noqa: E402
+
+
+FRACTION_TARGET = 0.85  # the kit's exact fp32 step against the ceiling measured in the same run (issue 13)
+
+# Published dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by a piece of torch.cuda.get_device_name();
+# the first piece found in the name wins, so the more specific come first.
+BF16_PEAK_TFLOPS = [("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("GH200", 989),
+                    ("A100", 312), ("L40S", 362), ("L4", 121)]
+
+
+def bf16_peak_tflops(gpu_name):
+    """The published dense bf16 peak of a GPU by name, or None when the table does not know it."""
+    return next((peak for piece, peak in BF16_PEAK_TFLOPS if piece in gpu_name), None)
+
+
+def amp_name(dtype):
+    """"bfloat16", "float16", or None for fp32 (JSON null)."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def seconds(fn, device):
@@ -84,35 +107,44 @@ def report_setup(base, device):
     return model, report.prepareModelAndOptimizer(model, device)
 
 
-def kit_setup(base, device):
+def kit_step_for(base, device, images, labels, texts, amp):
+    """(model, optimizer, step): a copy of `base`, its own fused AdamW, and one kit training step on it under `amp`."""
     model = copy.deepcopy(base).to(device).train()
-    config = train.TrainConfig(class_names=CIFAR10_CLASSES, lr=5e-5, weight_decay=0.2)
-    return model, train.make_optimizer(model, config), train.make_scaler(device, config.amp)
+    config = train.TrainConfig(class_names=CIFAR10_CLASSES, lr=5e-5, weight_decay=0.2, amp=amp)
+    optimizer, scaler = train.make_optimizer(model, config), train.make_scaler(device, amp)
+    return model, optimizer, lambda: train.train_step(model, images, labels, texts, optimizer, scaler, amp=amp)
+
+
+def kit_precisions(device):
+    """{name: amp} of the kit steps to time: always fp32 (exact), and bf16 autocast where it is hardware."""
+    bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported() or device == "cpu" and cpu_has_bf16()
+    return {"kit": None} | ({"kit_bf16": "bfloat16"} if bf16 else {})
 
 
 def time_training(base, batch, device, steps, warmup):
-    """(figures, report_model, kit_model). figures: "report" and "kit" images/s over `steps` timed steps each
-    after `warmup` untimed ones; "report_gflop" and "kit_gflop" per step; "kit_optimizer_seconds", the
-    kit's AdamW update alone (work every exact step must do besides its matrix products)."""
+    """(figures, report_model, kit_model). figures: "report", "kit" (fp32) and, where bf16 is hardware,
+    "kit_bf16" images/s over `steps` timed steps each after `warmup` untimed ones; "<name>_gflop" per step;
+    "kit_optimizer_seconds", the kit's AdamW update alone (work every exact step must do besides its matrix
+    products). kit_model is the fp32 one."""
     images, labels = batch
     texts = bare_captions(labels.tolist())
     # The report's loader yields clip.tokenize(texts): 77 tokens, the context of OpenAI's models.
     report_batch = (images, clip.tokenize(texts, context_length=base.context_length))
     report_model, report_optimizer = report_setup(base, device)
-    kit_model, kit_optimizer, scaler = kit_setup(base, device)
     report_model.train()
 
     def report_step():
         report.trainStep(report_model, report_optimizer, report_batch, device).item()  # its loop calls .item()
 
-    def kit_step():
-        train.train_step(kit_model, images, labels, texts, kit_optimizer, scaler)
-
-    times = interleaved_seconds([report_step, kit_step], device, steps, warmup)
-    figures = {"report": steps * len(images) / times[0], "kit": steps * len(images) / times[1],
-               "report_gflop": step_gflop(report_step), "kit_gflop": step_gflop(kit_step)}
-    figures["kit_optimizer_seconds"] = seconds(kit_optimizer.step, device)  # the gradients of the counted step
-    return figures, report_model, kit_model
+    kits = {name: kit_step_for(base, device, images, labels, texts, amp) for name, amp in kit_precisions(device).items()}
+    fns = {"report": report_step} | {name: step for name, (_, _, step) in kits.items()}
+    times = interleaved_seconds(list(fns.values()), device, steps, warmup)
+    figures = {name: steps * len(images) / t for name, t in zip(fns, times)}
+    figures |= {f"{name}_gflop": step_gflop(fn) for name, fn in fns.items()}
+    # AdamW on the gradients of the step just counted; the same fp32 master weights under either precision.
+    figures["kit_optimizer_seconds"] = seconds(kits["kit"][1].step, device)
+    figures["fused_adamw"] = bool(kits["kit"][1].defaults.get("fused"))
+    return figures, report_model, kits["kit"][0]
 
 
 def time_evaluation(report_model, kit_model, batches, device, repeats, warmup, templates=("{}",)):
@@ -143,12 +175,40 @@ def time_evaluation(report_model, kit_model, batches, device, repeats, warmup, t
     return result | {name: n_images / t for name, t in zip(fns, times)}
 
 
-def matmul_gflop_per_s(device, size=2048, repeats=10):
-    """The fp32 matrix-product rate this device sustains (GFLOP/s): the ceiling for a ViT's training step."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def matmul_gflop_per_s(device, size=2048, repeats=10, dtype=torch.float32):
+    """The `dtype` matrix-product rate this device sustains (GFLOP/s): the ceiling for a ViT's training step."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     a @ b
     elapsed = seconds(lambda: [a @ b for _ in range(repeats)], device)
     return 2 * size ** 3 * repeats / elapsed / 1e9
+
+
+def training_ceilings(training, batch_size, device, matmul_size=2048):
+    """The fastest an exact fp32 step (and, where timed, a bf16-autocast step) could be on this device, the
+    kit's steps as fractions of them, and on CUDA the bf16 step's model FLOPs utilisation (None: unknown GPU).
+
+    A step's ceiling: its counted FLOPs at the measured matrix-product rate, plus AdamW's update. Under
+    autocast a few operations stay fp32 (softmax, norms, the loss); their FLOPs are negligible, so the bf16
+    ceiling counts every FLOP at the bf16 rate.
+    """
+    result = {}
+    precisions = {"": torch.float32} | ({"bf16_": torch.bfloat16} if "kit_bf16" in training else {})
+    for prefix, dtype in precisions.items():
+        rate = matmul_gflop_per_s(device, matmul_size, dtype=dtype)
+        kit = "kit_bf16" if prefix else "kit"
+        ceiling = batch_size / (training[f"{kit}_gflop"] / rate + training["kit_optimizer_seconds"])
+        result |= {f"{prefix}matmul_gflop_per_s": round(rate, 1), f"{prefix}ceiling_images_per_s": round(ceiling, 3),
+                   f"{kit}_fraction_of_{prefix}ceiling": round(training[kit] / ceiling, 3)}
+    if "kit_bf16" in training:
+        result["kit_bf16_gflop_per_step"] = round(training["kit_bf16_gflop"], 1)
+        result["kit_bf16_speedup_over_fp32"] = round(training["kit_bf16"] / training["kit"], 3)
+    if device.startswith("cuda") and "kit_bf16" in training:
+        name = torch.cuda.get_device_name(device)
+        peak = bf16_peak_tflops(name)
+        achieved = training["kit_bf16_gflop"] * training["kit_bf16"] / batch_size / 1e3  # TFLOP/s
+        result |= {"gpu_name": name, "gpu_bf16_peak_tflop_per_s": peak, "kit_bf16_tflop_per_s": round(achieved, 2),
+                   "kit_bf16_mfu": None if peak is None else round(achieved / peak, 4)}
+    return result
 
 
 def step_gflop(step):
@@ -237,6 +297,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 on CPU, 3 on CUDA)")
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help="side of the matrices that measure the ceiling (default 2048 on CPU, 8192 on CUDA)")
     parser.add_argument("--eval-batches", type=int, default=4, help="batches per evaluation pass")
     parser.add_argument("--eval-repeats", type=int, default=None, help="timed evaluation passes (default 3 on CPU, 5 on CUDA)")
     parser.add_argument("--ensemble", action="store_true",
@@ -265,19 +327,29 @@ def main(argv=None):
     resolution = base.visual.input_resolution
     batches = synthetic_batches(args.eval_batches, args.batch_size, resolution)
     print(f"{args.model}, batch {args.batch_size}, device {device}, {torch.get_num_threads()} CPU threads, "
-          f"kit autocast {autocast_dtype(device)}; {warmup} warm-up + {steps} timed steps each, interleaved")
+          f"kit autocast by default {autocast_dtype(device)}; {warmup} warm-up + {steps} timed steps each, interleaved")
 
     training, report_model, kit_model = time_training(base, batches[0], device, steps, warmup)
     report_train, kit_train = training["report"], training["kit"]
-    print(f"train step  report {report_train:7.2f} images/s   kit {kit_train:7.2f} images/s   "
-          f"kit/report {kit_train / report_train:5.2f}x")
-    # A ceiling for any exact fp32 step: its matrix products at this device's best measured rate, plus AdamW.
-    peak = matmul_gflop_per_s(device)
-    ceiling = args.batch_size / (training["kit_gflop"] / peak + training["kit_optimizer_seconds"])
+    for name in ("kit", "kit_bf16"):
+        if name in training:
+            print(f"train step  report {report_train:7.2f} images/s   {name:8s} {training[name]:7.2f} images/s   "
+                  f"{name}/report {training[name] / report_train:5.2f}x")
+    ceilings = training_ceilings(training, args.batch_size, device, args.matmul_size or (2048 if on_cpu else 8192))
     print(f"            one step is {training['report_gflop']:.0f} GFLOP (report) and {training['kit_gflop']:.0f} GFLOP "
-          f"(kit). At the best measured matmul rate, {peak:.0f} GFLOP/s, plus AdamW's "
-          f"{training['kit_optimizer_seconds']:.2f} s, the kit's step cannot exceed {ceiling:.2f} images/s: "
-          f"{ceiling / report_train:.2f}x the report's measured speed")
+          f"(kit). At the best measured fp32 matmul rate, {ceilings['matmul_gflop_per_s']:.0f} GFLOP/s, plus AdamW's "
+          f"{training['kit_optimizer_seconds']:.2f} s, an exact fp32 step cannot exceed {ceilings['ceiling_images_per_s']:.2f}"
+          f" images/s; the kit's runs at {ceilings['kit_fraction_of_ceiling']:.0%} of that (target {FRACTION_TARGET:.0%})")
+    if "kit_bf16" in training:
+        print(f"            bf16: matmul {ceilings['bf16_matmul_gflop_per_s']:.0f} GFLOP/s, ceiling "
+              f"{ceilings['bf16_ceiling_images_per_s']:.2f} images/s, the kit's bf16 step at "
+              f"{ceilings['kit_bf16_fraction_of_bf16_ceiling']:.0%} of it and {ceilings['kit_bf16_speedup_over_fp32']:.2f}x "
+              f"its fp32 step")
+    if "kit_bf16_mfu" in ceilings:
+        mfu = ceilings["kit_bf16_mfu"]
+        print(f"            {ceilings['gpu_name']}: model FLOPs utilisation of the bf16 step "
+              + (f"{mfu:.1%} of {ceilings['gpu_bf16_peak_tflop_per_s']} TFLOP/s" if mfu is not None
+                 else "not available (its published bf16 peak is not in BF16_PEAK_TFLOPS)"))
     templates = CIFAR10_TEMPLATES if args.ensemble else ["{}"]
     evaluation = time_evaluation(report_model, kit_model, batches, device, repeats, 1, templates)
     for name in ("kit", "kit_int8"):
@@ -291,12 +363,14 @@ def main(argv=None):
               "report_train_images_per_s": round(report_train, 3), "kit_train_images_per_s": round(kit_train, 3),
               "train_speedup": round(kit_train / report_train, 3),
               "report_train_gflop_per_step": round(training["report_gflop"], 1),
-              "kit_train_gflop_per_step": round(training["kit_gflop"], 1), "matmul_gflop_per_s": round(peak, 1),
-              "kit_optimizer_seconds": round(training["kit_optimizer_seconds"], 3),
-              "kit_train_ceiling_images_per_s": round(ceiling, 3),
+              "kit_train_gflop_per_step": round(training["kit_gflop"], 1),
+              "kit_optimizer_seconds": round(training["kit_optimizer_seconds"], 3), "fraction_target": FRACTION_TARGET,
+              "train_amp_default": amp_name(autocast_dtype(device)), "fused_adamw": training["fused_adamw"],
               "report_eval_images_per_s": round(evaluation["report"], 3), "kit_eval_images_per_s": round(evaluation["kit"], 3),
               "eval_speedup": round(evaluation["kit"] / evaluation["report"], 3), "eval_batches": args.eval_batches,
-              "kit_eval_templates": len(templates)}
+              "kit_eval_templates": len(templates)} | ceilings
+    if "kit_bf16" in training:
+        result["kit_bf16_train_images_per_s"] = round(training["kit_bf16"], 3)
     if "kit_int8" in evaluation:
         result |= {"kit_int8_eval_images_per_s": round(evaluation["kit_int8"], 3),
                    "int8_eval_speedup": round(evaluation["kit_int8"] / evaluation["report"], 3),

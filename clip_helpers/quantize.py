@@ -72,6 +72,19 @@ def with_silu_mlps(module):
     return module
 
 
+class Float32(nn.Module):
+    """`module` run in fp32 even inside autocast: the int8 kernels take only fp32 input (autocast is on by
+    default on a CPU with bf16 hardware, and would hand them bf16)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        with torch.autocast("cpu", enabled=False):
+            return self.module(x.float())
+
+
 def text_tower_tensors(model):
     """A deepcopy memo that makes the copy share every tensor but the image tower's (~0.3 GB less for ViT-B/32).
 
@@ -102,5 +115,5 @@ def int8_image_tower(model):
         # torch marks its eager quantization deprecated in favour of torchao, whose CPU int8 path needs
         # torch.compile; this one still works in eager mode, and the tests check its numbers.
         warnings.filterwarnings("ignore", message=".*(deprecated|quantize_per_tensor).*")
-        model.visual.transformer = quantize_dynamic(transformer, {nn.Linear}, dtype=torch.qint8)
+        model.visual.transformer = Float32(quantize_dynamic(transformer, {nn.Linear}, dtype=torch.qint8))
     return model

@@ -1,0 +1,266 @@
+"""Fine-tuning on several processes with torch.distributed, launched by torchrun (NCCL on GPUs, gloo on CPUs).
+
+    torchrun --nproc_per_node 2 -m clip_helpers.finetune ...
+
+Contrastive training has one catch that a plain DistributedDataParallel wrapper gets wrong: each process
+must score its images against the captions of the *whole* global batch, so features are gathered across
+processes (gather_with_grad), the gradient of every slice flowing back to the process that made it.
+With that, distributed_clip_loss is the single-process clip_loss on the global batch, and DDP's averaged
+gradients are the single-process gradients on it (tests/test_distributed.py checks both, every parameter).
+
+The global batch: config.batch_size stays the *global* batch, split into equal contiguous chunks, one per
+process in rank order (local_batch_size, ShardedSampler), so adding processes leaves the optimisation,
+the negatives and the learning-rate schedule unchanged; only the work per process shrinks.
+"""
+import os
+import warnings
+from datetime import timedelta
+from typing import Callable, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .losses import clip_loss
+from .text import encode_texts
+
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class Processes(NamedTuple):
+    """Where this process stands among the ones torchrun started."""
+    rank: int
+    world_size: int
+    local_rank: int
+    device: str
+    is_main: bool
+
+
+SINGLE = Processes(rank=0, world_size=1, local_rank=0, device="cpu", is_main=True)
+
+
+def init_from_env(device: str | None = None, timeout_s: float = 1800) -> Processes:
+    """Join the process group torchrun describes in the environment; one process when there is none.
+
+    `device`: "cuda" or "cpu" (default: cuda when a GPU is visible). Each process takes the GPU of its
+    LOCAL_RANK and NCCL; CPU processes use gloo. Without torchrun (no WORLD_SIZE, or WORLD_SIZE=1) nothing
+    is initialised and the result says world_size 1.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return SINGLE._replace(device="cuda:0" if device.startswith("cuda") else device)
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE={world_size} is set but {', '.join(missing)} is not: start the processes "
+                           f"with torchrun (torchrun --nproc_per_node N -m clip_helpers.finetune ...), which sets them all.")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.startswith("cuda"):
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible: "
+                               f"start at most that many processes per node (--nproc_per_node).")
+        torch.cuda.set_device(local_rank)
+        device, backend = f"cuda:{local_rank}", "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s),
+                                device_id=torch.device(device) if backend == "nccl" else None)
+    return Processes(rank, world_size, local_rank, device, rank == 0)
+
+
+def cleanup() -> None:
+    """Leave the process group (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+# ---------------------------------------------------------------- gathering features
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands every process the *sum* over processes of the gradient of its slice.
+
+    Why a sum: every process computes the same global loss L from the same gathered features, but only
+    process r can push gradients into the encoder that made slice r. Summing the N processes' gradients
+    of slice r (N identical copies of dL/df_r) and letting DDP average the parameter gradients (divide
+    by N) gives exactly dL/dtheta, and logit_scale, which every process reaches directly, is averaged
+    over N equal values: exact too, with the loss left unscaled.
+    The alternatives are not: open_clip's default (gather without grad, put the local tensor back in its
+    slot) gives encoder gradients 1/N of the true ones after DDP's mean; multiplying that loss by N fixes
+    the encoders but makes logit_scale's gradient N times too large. torch.distributed.nn.all_gather does
+    the same sum as this (as a reduce-scatter) but is deprecated and emulated by N scatters on gloo.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor):
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        ctx.rank, ctx.length = dist.get_rank(), len(tensor)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.length:(ctx.rank + 1) * ctx.length]
+
+
+def check_same_length(tensor: torch.Tensor) -> None:
+    """Refuse to gather batches of different sizes: all_gather needs equal shapes, and NCCL may hang instead of failing."""
+    lengths = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(lengths, torch.tensor([len(tensor)], device=tensor.device))
+    lengths = [int(n) for n in lengths]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"The processes hold batches of {lengths} items; gathering needs equal ones. Load the "
+                         f"training data with clip_helpers.distributed.train_loader (equal shards, no short last batch).")
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensors of all processes concatenated in rank order; gradients reach each process's own slice."""
+    if world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensors of all processes concatenated in rank order, without gradients (labels)."""
+    if world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def distributed_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                          labels: torch.Tensor | None = None) -> torch.Tensor:
+    """clip_loss over the global batch: every process's images against every process's captions.
+
+    Every process returns the same value, the single-process loss on the global batch (so it can be
+    logged from any of them). Backpropagated through a DistributedDataParallel model it gives exactly the
+    single-process gradients (see _GatherWithGrad); no scaling by the number of processes is needed.
+    """
+    if world_size() == 1:
+        return clip_loss(image_features, text_features, logit_scale, labels)
+    check_same_length(image_features)
+    if labels is not None:
+        labels = gather(torch.as_tensor(labels, device=image_features.device))
+    return clip_loss(gather_with_grad(image_features), gather_with_grad(text_features), logit_scale, labels)
+
+
+# ---------------------------------------------------------------- the model
+
+class CLIPFeatures(nn.Module):
+    """CLIP's two towers behind one forward, the call DistributedDataParallel needs to synchronise gradients
+    (DDP only prepares its gradient all-reduce in its own forward; calling model.encode_image skips it)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, texts: list[str]):
+        """(image_features, text_features, logit_scale): unnormalised features and the multiplier."""
+        return self.model.encode_image(images), encode_texts(self.model, texts), self.model.logit_scale.exp()
+
+
+def wrap_model(model: nn.Module, processes: Processes) -> nn.Module:
+    """CLIPFeatures(model), inside DistributedDataParallel when there are several processes.
+
+    The CLIP model stays reachable as .module.model (DDP) or .model. A ResNet tower's BatchNorm normalises
+    over the local batch; on GPUs it becomes SyncBatchNorm (global statistics, as one process would have),
+    on CPUs torch has no SyncBatchNorm, so the run is then not the single-process run: a warning says so.
+    """
+    features = CLIPFeatures(model)
+    if processes.world_size == 1:
+        return features
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_batchnorm and processes.device.startswith("cuda"):
+        features = nn.SyncBatchNorm.convert_sync_batchnorm(features)
+    elif has_batchnorm:
+        warnings.warn("This model has BatchNorm layers (a ResNet image tower) and torch has no SyncBatchNorm on CPU: "
+                      "each process normalises over its own images, so training differs slightly from one process "
+                      "on the global batch. A ViT tower has no BatchNorm.", stacklevel=2)
+    device_ids = [processes.local_rank] if processes.device.startswith("cuda") else None
+    return DistributedDataParallel(features, device_ids=device_ids)
+
+
+def unwrap(wrapped: nn.Module) -> nn.Module:
+    """The CLIP model inside wrap_model's result (what checkpoints save, so they load in one process)."""
+    wrapped = wrapped.module if isinstance(wrapped, DistributedDataParallel) else wrapped
+    return wrapped.model
+
+
+# ---------------------------------------------------------------- data
+
+def local_batch_size(batch_size: int, world_size: int) -> int:
+    """Each process's share of a global batch of `batch_size`; refuses a batch that does not split evenly."""
+    if batch_size % world_size:
+        raise ValueError(f"A global batch of {batch_size} does not split evenly over {world_size} processes: "
+                         f"choose a batch size that is a multiple of {world_size}.")
+    return batch_size // world_size
+
+
+class ShardedSampler(DistributedSampler):
+    """Process `rank`'s part of each global batch: the rank-th contiguous chunk of `local_batch_size` items.
+
+    The global order is DistributedSampler's (a permutation seeded by seed + epoch; call set_epoch each
+    epoch); it is cut into global batches of world_size x local_batch_size and the short last one is
+    dropped, so every process makes the same number of equal steps. Gathering in rank order puts the
+    global batch back together in the order one process with the same seed would have read it.
+    """
+
+    def __init__(self, dataset: Dataset, local_batch_size: int, num_replicas: int, rank: int,
+                 shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.local_batch_size = local_batch_size
+        global_batch = local_batch_size * num_replicas
+        self.num_batches = len(dataset) // global_batch
+        if self.num_batches == 0:
+            raise ValueError(f"{len(dataset)} items do not fill one global batch of {global_batch} "
+                             f"({num_replicas} processes x {local_batch_size}): use a smaller batch size.")
+        self.num_samples = self.num_batches * local_batch_size
+        self.total_size = self.num_batches * global_batch
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(len(self.dataset))
+        global_batch = self.local_batch_size * self.num_replicas
+        for start in range(self.rank * self.local_batch_size, self.total_size, global_batch):
+            yield from order[start:start + self.local_batch_size].tolist()
+
+
+def train_loader(dataset: Dataset, batch_size: int, processes: Processes = SINGLE, seed: int = 0,
+                 num_workers: int = 0) -> DataLoader:
+    """This process's loader for a global batch of `batch_size` (call set_epoch(loader, epoch) every epoch)."""
+    local = local_batch_size(batch_size, processes.world_size)
+    sampler = ShardedSampler(dataset, local, processes.world_size, processes.rank, seed=seed)
+    return DataLoader(dataset, batch_size=local, sampler=sampler, num_workers=num_workers)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle for `epoch` (the same order on every process, and after a resume)."""
+    loader.sampler.set_epoch(epoch)
+
+
+# ---------------------------------------------------------------- one writer
+
+def barrier(processes: Processes = SINGLE) -> None:
+    """Wait until every process gets here (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.barrier(device_ids=[processes.local_rank] if processes.device.startswith("cuda") else None)
+
+
+def on_main(processes: Processes, write: Callable, *args, **kwargs):
+    """Run `write` (a checkpoint, the history, the results) on the main process only, then wait for it,
+    so no process reads a file before it is complete; returns write's result on the main process, else None."""
+    result = write(*args, **kwargs) if processes.is_main else None
+    barrier(processes)
+    return result
