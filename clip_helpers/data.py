@@ -5,6 +5,7 @@ indexes the dataset's `.classes`, so captions are `template.format(dataset.class
 """
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,17 @@ CALTECH256_URL = "https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectC
 OFFLINE = "run with PROFILE=offline, which uses clip_helpers.shapes and needs no download"
 
 
+# Modes PIL gives 16-bit grayscale files (PNG, TIFF); "I" is how PIL opens a 16-bit PNG after some operations.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def to_rgb(image):
-    """PIL image in RGB; transparent parts of RGBA/LA/P images become white rather than black."""
+    """PIL image in RGB; transparent parts of RGBA/LA/P images become white rather than black.
+
+    16-bit grayscale is scaled to 8 bit (x / 257); PIL's own convert("RGB") clips it, so almost all turns white.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        return Image.fromarray(eight_bit(np.asarray(image)), "L").convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -29,6 +39,16 @@ def to_rgb(image):
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def eight_bit(values):
+    """16-bit values 0..65535 as uint8 0..255 (65535 -> 255); values outside that range are stretched, with a warning."""
+    values = values.astype(np.float64)
+    low, high = 0.0, 65535.0
+    if values.min() < low or values.max() > high:  # a 32-bit "I" image: there is no standard range to scale from
+        low, high = float(values.min()), float(values.max())
+        warnings.warn(f"32-bit image with values {low:g}..{high:g}, outside 16 bits: stretched to 0..255", stacklevel=3)
+    return np.round((values - low) / max(high - low, 1.0) * 255).astype(np.uint8)
 
 
 def open_or_explain(dataset_class, url, folder, **kwargs):
@@ -74,20 +94,54 @@ def class_name(folder):
     return name.replace("-", " ").replace("_", " ")
 
 
+def visible(folder):
+    """Entries of `folder` not hidden (".name"), sorted so the order is the same on every machine (os.listdir's is not)."""
+    return sorted(f for f in folder.iterdir() if not f.name.startswith("."))
+
+
 def image_files(folder):
-    """Image files directly in `folder`, sorted so the order is the same on every machine (os.listdir's is not)."""
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    """Image files directly in `folder`, hidden ones left out like hidden folders (".ipynb_checkpoints", "._x.jpg")."""
+    return [f for f in visible(folder) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
 
 
-def is_readable(path):
-    """True when PIL can decode the whole file (a truncated JPEG passes Image.verify, so decode, at 1/8 scale)."""
+def broken_links(folder):
+    return [f for f in visible(folder) if f.is_symlink() and not f.exists()]
+
+
+def unreadable_reason(path):
+    """None when PIL can decode the whole file, else why not (a truncated JPEG passes Image.verify, so decode)."""
     try:
         with Image.open(path) as image:
             image.draft("RGB", (image.width // 8 + 1, image.height // 8 + 1))  # JPEG only: cheap scaled decode
             image.load()
-        return True
-    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError ...)
-        return False
+        return None
+    except Image.DecompressionBombError as error:
+        return f"too large for PIL ({error}); raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError ...)
+        return f"unreadable ({type(error).__name__}: {error})"
+
+
+def is_readable(path):
+    return unreadable_reason(path) is None
+
+
+def via_link(path):
+    return path.is_symlink() or path.parent.is_symlink()
+
+
+def without_duplicates(candidates):
+    """(kept, {path: reason}): one (path, label) per file on disk; a copy reached through a link is dropped."""
+    by_file = {}
+    for path, label in candidates:
+        by_file.setdefault(path.resolve(), []).append((path, label))
+    kept, duplicates = [], {}
+    for same in by_file.values():
+        keeper = next((c for c in same if not via_link(c[0])), same[0])  # the real file over a link to it
+        kept.append(keeper)
+        duplicates.update({str(path): f"duplicate of {keeper[0]} (the same file, through a link)"
+                           for path, _ in same if path != keeper[0]})
+    order = {path: i for i, (path, _) in enumerate(candidates)}
+    return sorted(kept, key=lambda c: order[c[0]]), duplicates
 
 
 class ImageFolderCaptions(Dataset):
@@ -95,30 +149,40 @@ class ImageFolderCaptions(Dataset):
 
     Class names come from folder names via class_name(): the number before the first dot is dropped and
     '-' / '_' become spaces ("002.american-flag" -> "american flag"), so `.classes` can go straight into
-    caption templates. Files are read in sorted order. Every file is decoded once here, so unreadable ones
-    are left out now (listed in `.skipped`, one warning) and indices never shift later. Images come out RGB.
+    caption templates. Labels follow the sorted class folders, as torchvision's do: a folder without usable
+    images stays a class (with a warning), so the same folders always give the same labels. Hidden files and
+    folders are ignored. Every file is decoded once here, so unreadable ones are left out now and indices never
+    shift later. Left out, each with its reason: unreadable or too large images, broken links, images loose
+    in the root, and second copies of a file reached through a link. Their paths are in `.skipped`, their
+    reasons in `.skip_reasons` ({path: reason}), all summarised in one warning. Images come out RGB.
     """
 
     def __init__(self, root, transform=None):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"No folder {root}. ImageFolderCaptions expects {LAYOUT}.")
-        folders = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-        class_folders = [(d, image_files(d)) for d in folders]
-        class_folders = [(d, files) for d, files in class_folders if files]
-        if not class_folders:
-            raise ValueError(f"No images in class folders under {root}. ImageFolderCaptions expects {LAYOUT}.")
+        folders = [d for d in visible(root) if d.is_dir()]
         self.root, self.transform = root, transform
-        self.classes = [class_name(d.name) for d, _ in class_folders]
-        candidates = [(str(f), label) for label, (_, files) in enumerate(class_folders) for f in files]
-        self.samples = [(path, label) for path, label in candidates if is_readable(path)]
-        self.skipped = sorted({path for path, _ in candidates} - {path for path, _ in self.samples})
+        self.classes = [class_name(d.name) for d in folders]
+        reasons = {str(f): "broken link" for d in [root, *folders] for f in broken_links(d)}
+        reasons.update({str(f): "not in a class folder" for f in image_files(root)})
+        candidates, duplicates = without_duplicates([(f, label) for label, d in enumerate(folders)
+                                                     for f in image_files(d)])
+        reasons.update(duplicates)
+        self.samples = []
+        for path, label in candidates:
+            reason = unreadable_reason(path)
+            if reason is None:
+                self.samples.append((str(path), label))
+            else:
+                reasons[str(path)] = reason
+        self.skipped, self.skip_reasons = sorted(reasons), dict(sorted(reasons.items()))
         self.targets = [label for _, label in self.samples]
-        if self.skipped:
-            warnings.warn(f"ImageFolderCaptions skipped {len(self.skipped)} unreadable image file(s) under {root}; "
-                          f"their paths are in .skipped", stacklevel=2)
+        warn_skipped(root, reasons)
         if not self.samples:
-            raise ValueError(f"None of the {len(candidates)} image files under {root} could be read.")
+            raise ValueError(f"No image under {root} could be read ({len(reasons)} file(s) left out, in "
+                             f"{len(folders)} class folder(s)). ImageFolderCaptions expects {LAYOUT}.")
+        warn_about_classes(root, folders, self.classes, self.targets)
 
     def __len__(self):
         return len(self.samples)
@@ -128,6 +192,28 @@ class ImageFolderCaptions(Dataset):
         with Image.open(path) as image:
             image = to_rgb(image)
         return (self.transform(image) if self.transform else image), label
+
+
+def warn_skipped(root, reasons):
+    """One warning for all the files left out, counted by kind."""
+    if reasons:
+        kinds = Counter(reason.split(" (")[0].split(" of ")[0] for reason in reasons.values())
+        summary = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+        warnings.warn(f"ImageFolderCaptions skipped {len(reasons)} file(s) under {root} ({summary}); their paths are "
+                      f"in .skipped, the reasons in .skip_reasons", stacklevel=3)
+
+
+def warn_about_classes(root, folders, classes, targets):
+    """A warning for class folders without images, and one for folders that give the same class name."""
+    empty = [folders[label].name for label in sorted(set(range(len(folders))) - set(targets))]
+    if empty:
+        warnings.warn(f"Class folder(s) {empty} under {root} hold no usable image: they stay classes (labels "
+                      f"follow the folders) but no item has their label", stacklevel=3)
+    repeated = {name: [d.name for d, c in zip(folders, classes) if c == name]
+                for name, count in Counter(classes).items() if count > 1}
+    if repeated:
+        warnings.warn(f"Folders give repeated class names {repeated}: their captions are identical, so zero-shot "
+                      f"refuses them and training cannot tell them apart. Rename or merge those folders.", stacklevel=3)
 
 
 def targets_of(dataset):

@@ -1,35 +1,201 @@
-"""Image features for a whole dataset, computed once and optionally cached on disk."""
+"""Image features for a whole dataset, computed once and optionally cached on disk.
+
+A cache file is used only when its key matches everything that decides the features: every tensor of the
+image tower, the device and autocast dtype, the loader's order, and each dataset level's items and
+transform (see items_key). A dataset whose items cannot be identified is encoded without the cache, with a
+warning. A file that fails its checks (unreadable, truncated, another key, wrong count or dimension, not
+finite, checksum) is recomputed with a warning; files are written atomically.
+"""
 import hashlib
+import os
+import re
+import tempfile
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import ConcatDataset, RandomSampler, SequentialSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 
-from .device import autocast
+from .device import autocast, autocast_dtype
+from .shapes import ShapesDataset
 
 
-def fingerprint(model, loader):
-    """A short key that changes when the weights or the dataset's size or type change."""
-    digest = hashlib.sha1()
-    for tensor in list(model.state_dict().values())[:: max(1, len(model.state_dict()) // 16)]:
-        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
-    digest.update(f"{type(loader.dataset).__name__}:{len(loader.dataset)}".encode())
-    return digest.hexdigest()[:16]
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    tensor = tensor.detach().cpu()
+    if tensor.is_quantized:
+        tensor = tensor.dequantize()
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def weights_key(module: torch.nn.Module) -> str:
+    """sha256 of every tensor of `module` in full, with its name, shape and dtype."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        digest.update(name.encode())
+        values = value if isinstance(value, (tuple, list)) else [value]  # quantized layers keep packed tuples
+        for item in values:
+            if isinstance(item, torch.Tensor):
+                digest.update(f"{tuple(item.shape)}{item.dtype}".encode())
+                digest.update(tensor_bytes(item))
+            else:
+                digest.update(repr(item).encode())
+    return digest.hexdigest()
+
+
+def transform_key(transform) -> str:
+    """A description of a transform that is the same in every process (repr without memory addresses)."""
+    if transform is None:
+        return "None"
+    if hasattr(transform, "transforms"):  # Compose
+        return "[" + ", ".join(transform_key(t) for t in transform.transforms) + "]"
+    code = getattr(transform, "__code__", None)
+    if code is not None:  # a function: two lambdas share a name, so their code tells them apart
+        body = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
+        return f"{transform.__module__}.{transform.__qualname__}:{body}"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform))
+
+
+def array_key(values) -> str:
+    array = np.ascontiguousarray(values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values))
+    return f"{array.shape}{array.dtype}:{hashlib.sha256(array.tobytes()).hexdigest()}"
+
+
+def file_key(path) -> str:
+    """A file's path, size and modification time: an image replaced in place changes the key."""
+    try:
+        stat = os.stat(path)
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        return f"{path}:missing"
+
+
+def items_key(dataset) -> str | None:
+    """What identifies the dataset's items and their transforms, or None when nothing here does."""
+    if isinstance(dataset, Subset):
+        inner = items_key(dataset.dataset)
+        return None if inner is None else f"Subset({inner}, {array_key(np.asarray(dataset.indices, dtype=np.int64))})"
+    if isinstance(dataset, ConcatDataset):
+        parts = [items_key(d) for d in dataset.datasets]
+        return None if None in parts else "Concat(" + ", ".join(parts) + ")"
+    if isinstance(dataset, TensorDataset):
+        return "Tensors(" + ", ".join(array_key(t) for t in dataset.tensors) + ")"
+    transforms = (f"transform={transform_key(getattr(dataset, 'transform', None))}, "
+                  f"target_transform={transform_key(getattr(dataset, 'target_transform', None))}")
+    name = type(dataset).__qualname__
+    if isinstance(dataset, ShapesDataset):  # drawn on demand from these settings
+        settings = {k: getattr(dataset, k) for k in ("split", "n_per_class", "image_size", "seed")}
+        return f"{name}({settings}, {array_key(dataset.targets)}, {transforms})"
+    if hasattr(dataset, "samples"):  # ImageFolderCaptions, torchvision's ImageFolder: (path, label) pairs
+        samples = hashlib.sha256("\n".join(f"{file_key(p)}:{label}" for p, label in dataset.samples).encode())
+        return f"{name}(samples {samples.hexdigest()}, {transforms})"
+    if hasattr(dataset, "data") and hasattr(dataset, "targets"):  # CIFAR-10, MNIST: pixels held in memory
+        return f"{name}({array_key(dataset.data)}, {array_key(np.asarray(dataset.targets))}, {transforms})"
+    if all(hasattr(dataset, a) for a in ("root", "categories", "index", "y")):  # torchvision's Caltech256
+        files = "\n".join(file_key(os.path.join(dataset.root, "256_ObjectCategories", dataset.categories[c],
+                                                f"{c + 1:03d}_{i:04d}.jpg")) for c, i in zip(dataset.y, dataset.index))
+        return f"{name}({hashlib.sha256(files.encode()).hexdigest()}, {array_key(np.asarray(dataset.y))}, {transforms})"
+    return None
+
+
+def reads_every_item_once(loader) -> bool:
+    sampler = loader.sampler
+    if loader.drop_last or type(sampler) not in (SequentialSampler, RandomSampler):
+        return False
+    return not getattr(sampler, "replacement", False) and len(sampler) == len(loader.dataset)
+
+
+def fingerprint(model, loader) -> str | None:
+    """sha256 of everything that decides `encode_images(model, loader)`, or None when the items are unknown."""
+    items = items_key(loader.dataset)
+    if items is None or not reads_every_item_once(loader):
+        return None
+    device = model.positional_embedding.device
+    parts = [weights_key(model.visual), f"{device.type}:{autocast_dtype(device.type)}",
+             type(loader.sampler).__name__, items]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def checksum(image_features: torch.Tensor, labels: torch.Tensor) -> str:
+    return hashlib.sha256(tensor_bytes(image_features) + tensor_bytes(labels)).hexdigest()
+
+
+def cache_problem(cached, key: str, count: int, dim: int) -> str | None:
+    """Why a loaded cache entry cannot be used, or None when it can."""
+    if not isinstance(cached, dict) or not {"key", "image_features", "labels", "checksum"} <= cached.keys():
+        return "it is not a feature cache written by this version of the kit"
+    if cached["key"] != key:
+        return "its key differs from this model and dataset's"
+    image_features, labels = cached["image_features"], cached["labels"]
+    if tuple(image_features.shape) != (count, dim) or tuple(labels.shape) != (count,):
+        return (f"it holds features of shape {tuple(image_features.shape)} and {tuple(labels.shape)} labels, "
+                f"expected ({count}, {dim}) and ({count},)")
+    if not torch.isfinite(image_features).all():
+        return "some of its features are not finite"
+    if checksum(image_features, labels) != cached["checksum"]:
+        return "its contents do not match their checksum (the file was changed or damaged)"
+    return None
+
+
+def load_cached(path: Path, key: str, count: int, dim: int):
+    """(image_features, labels) from `path` when it is a valid cache for `key`, else None (with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        problem = cache_problem(cached, key, count, dim)
+    except Exception as error:  # truncated or damaged: zip, pickle and EOF errors of many types
+        problem = f"it cannot be read ({type(error).__name__}: {error})"
+    if problem is None:
+        return cached["image_features"], cached["labels"]
+    warnings.warn(f"Feature cache {path} is not used because {problem}; computing the features again.", stacklevel=3)
+    return None
+
+
+def save_cache(path: Path, key: str, image_features: torch.Tensor, labels: torch.Tensor) -> None:
+    """Write the cache atomically; a failure to write warns and leaves no partial file (the features are kept)."""
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(handle)
+        torch.save({"key": key, "image_features": image_features, "labels": labels,
+                    "checksum": checksum(image_features, labels)}, temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        if temporary is not None and os.path.exists(temporary):
+            os.remove(temporary)
+        warnings.warn(f"Could not write the feature cache {path} ({error}); the features are returned uncached.",
+                      stacklevel=3)
+
+
+def cache_path(cache_dir, cache_label: str | None, key: str) -> Path:
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", cache_label) + "-" if cache_label else ""
+    return Path(cache_dir) / f"{label}{key[:20]}.pt"
 
 
 @torch.no_grad()
-def encode_images(model, loader, cache_dir=None, cache_key=None, progress=True):
+def encode_images(model, loader, cache_dir=None, cache_label: str | None = None, progress: bool = True):
     """(image_features [n, dim] float32 on CPU, labels [n]) for every batch of (images, labels) in `loader`.
 
-    With `cache_dir`, the result is saved as `<cache_key or fingerprint>.pt` and a second call with the
-    same model and dataset loads it instead of running the image tower again.
+    With `cache_dir`, the result is saved as `<cache_label->key>.pt`, key = fingerprint(model, loader), and a
+    later call with the same image tower, device, dataset items and transform loads it instead of running
+    the image tower again. `cache_label` only makes the file name readable; it never replaces the key.
     """
-    path = None
+    key = path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{cache_key or fingerprint(model, loader)}.pt"
-        if path.is_file():
-            cached = torch.load(path, weights_only=True)
-            return cached["image_features"], cached["labels"]
+        key = fingerprint(model, loader)
+        if key is None:
+            warnings.warn(f"Features are not cached: the items of this {type(loader.dataset).__name__} cannot be "
+                          f"identified (or the loader does not read each item once), so a cache could return another "
+                          f"dataset's features. Cacheable: Subset, TensorDataset, ShapesDataset, datasets with "
+                          f".samples or .data and .targets.", stacklevel=3)
+        else:
+            path = cache_path(cache_dir, cache_label, key)
+            cached = load_cached(path, key, len(loader.dataset), model.visual.output_dim)
+            if cached is not None:
+                return cached
     device = model.positional_embedding.device
     was_training = model.training
     model.eval()
@@ -40,7 +206,8 @@ def encode_images(model, loader, cache_dir=None, cache_key=None, progress=True):
         labels.append(torch.as_tensor(batch_labels))
     model.train(was_training)
     image_features, labels = torch.cat(image_features), torch.cat(labels)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"image_features": image_features, "labels": labels}, path)
+    if path is not None and not torch.isfinite(image_features).all():
+        warnings.warn("Some image features are not finite (NaN or inf); they are returned but not cached.", stacklevel=3)
+    elif path is not None:
+        save_cache(path, key, image_features, labels)
     return image_features, labels

@@ -5,7 +5,10 @@ inference but breaks a training loop (Adam on fp16 weights underflows); that is 
 cast the model back and forth around every optimizer step.
 """
 import os
+import pickle
+import re
 import urllib.error
+import zipfile
 from pathlib import Path
 
 import clip
@@ -94,17 +97,89 @@ def load_pretrained(name, download_root):
     return model
 
 
+WHAT_LOADS = ("load_clip reads OpenAI's TorchScript archives and state dicts saved with "
+              "torch.save(model.state_dict(), path). In a run folder, model.pt holds the weights; checkpoint.pt "
+              "is the training state and history.csv the metrics.")
+
+
+def archive_problem(path) -> str | None:
+    """None when `path` is a complete zip archive written by torch (TorchScript or torch.save), else what is wrong.
+
+    Cheap: reads the zip's directory at the end of the file, so a zero-byte or truncated download shows.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        return f"it cannot be read ({error})"
+    if size == 0:
+        return "it is empty (0 bytes), probably from an interrupted download or save"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"it is not a complete zip archive as torch writes them ({size:,} bytes; {error}): truncated or damaged"
+    if not any(name.endswith("data.pkl") for name in names):
+        return "it is a zip archive, but not one written by torch (no data.pkl)"
+    return None
+
+
+def text_start(path) -> str:
+    """' (a text file starting "...")' when the file begins as text, else ''."""
+    with open(path, "rb") as f:
+        head = f.read(80)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    is_text = text.strip() and all(c.isprintable() or c.isspace() for c in text)
+    return f" (a text file starting {text.splitlines()[0]!r})" if is_text else ""
+
+
+def read_state_dict(path: Path) -> dict:
+    """The tensors of a TorchScript archive or of a torch.save state dict, or a ValueError saying what the file is."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes), probably from an interrupted download or save: delete it, "
+                         f"then download or save it again.")
+    if zipfile.is_zipfile(path):
+        try:
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+        except RuntimeError:
+            pass  # a torch.save archive, not TorchScript
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found:
+            raise ValueError(f"{path} holds Python objects besides tensors ({found.group(1)}); the kit loads tensors "
+                             f"only (weights_only=True) so that no file can run code. {WHAT_LOADS}") from error
+        raise ValueError(f"{path} is not a model file torch wrote{text_start(path)}. {WHAT_LOADS}") from error
+    except Exception as error:  # a truncated archive (RuntimeError), EOFError, ...
+        raise ValueError(f"{path} cannot be read as a model file{text_start(path)}: it may be truncated or damaged "
+                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                         f"{WHAT_LOADS}") from error
+    if isinstance(loaded, dict) and "model" in loaded and ("optimizer" in loaded or "epoch" in loaded):
+        raise ValueError(f"{path} is a training checkpoint (epoch {loaded.get('epoch')}, with the optimizer's state), "
+                         f"not a model: load model.pt from the same run folder, or save its 'model' entry alone "
+                         f"with torch.save(checkpoint['model'], path) and load that.")
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError(f"{path} holds a {type(loaded).__name__} that is not a state dict (names to tensors). "
+                         f"{WHAT_LOADS}")
+    return loaded
+
+
 def load_checkpoint(path):
     """A JIT archive (OpenAI's format) or a state dict; clip.load itself fails on the latter (EOFError)."""
-    try:
-        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
-    except RuntimeError:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = read_state_dict(Path(path))
     state_dict = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
-    # build_model infers the architecture but casts to fp16 before loading, which would round our
-    # fp32 checkpoints; load the same tensors again once the model is fp32.
-    model = build_model(dict(state_dict)).float()
-    model.load_state_dict(state_dict)
+    try:
+        # build_model infers the architecture but casts to fp16 before loading, which would round our
+        # fp32 checkpoints; load the same tensors again once the model is fp32.
+        model = build_model(dict(state_dict)).float()
+        model.load_state_dict(state_dict)
+    except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as error:
+        raise ValueError(f"{path} holds tensors, but not those of a CLIP model ({type(error).__name__}: {error}; its "
+                         f"first names are {list(state_dict)[:4]}). {WHAT_LOADS}") from error
     return model
 
 

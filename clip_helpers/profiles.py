@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 
 from .data import ImageFolderCaptions, caltech256, cifar10, targets_of
 from .device import get_device
-from .models import load_clip, weights_cached, weights_file
+from .models import archive_problem, load_clip, weights_cached, weights_file
 from .shapes import ShapesDataset
 
 PRETRAINED = "ViT-B/32"
@@ -117,14 +117,18 @@ def can_reach(host, port=443, timeout=3.0):
 
 
 def choose_auto(data_dir="data"):
-    """("quick" | "offline", why): quick when the pretrained weights are cached or their host answers."""
+    """("quick" | "offline", why): quick when the pretrained weights are cached (a complete archive) or their
+    host answers; a damaged cached file is named in the reason and does not count as cached."""
     download_root = Path(data_dir) / "weights"
-    if weights_cached(PRETRAINED, download_root):
-        return "quick", f"the {PRETRAINED} weights are cached in {weights_file(PRETRAINED, download_root)}"
+    path = weights_file(PRETRAINED, download_root)
+    problem = archive_problem(path) if weights_cached(PRETRAINED, download_root) else None
+    if weights_cached(PRETRAINED, download_root) and problem is None:
+        return "quick", f"the {PRETRAINED} weights are cached in {path}"
+    damaged = f"the cached {path} is unusable ({problem}); " if problem else ""
     host = weights_host()
     if can_reach(host):
-        return "quick", f"{host} is reachable, so the {PRETRAINED} weights can be downloaded"
-    return "offline", (f"the {PRETRAINED} weights are not in {download_root}/ and {host} cannot be reached "
+        return "quick", f"{damaged}{host} is reachable, so the {PRETRAINED} weights can be downloaded"
+    return "offline", (f"{damaged}the {PRETRAINED} weights are not in {download_root}/ and {host} cannot be reached "
                        f"(no internet)")
 
 

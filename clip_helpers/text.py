@@ -22,9 +22,22 @@ def captions_from_labels(class_names, template="{}", labels=None):
     return [template.format(class_names[int(label)]) for label in labels]
 
 
+def list_of_strings(values, name: str = "texts") -> list[str]:
+    """`values` as a list of strings, refusing a bare string (whose characters would each become a text) and []."""
+    if isinstance(values, str):
+        raise TypeError(f"{name} must be a list of strings, got the string {values!r}: pass [{values!r}] for one.")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} is empty: give at least one.")
+    others = [value for value in values if not isinstance(value, str)]
+    if others:
+        raise TypeError(f"{name} must hold strings only, got {others[0]!r} ({type(others[0]).__name__}).")
+    return values
+
+
 def tokenize(model, texts):
     """BPE token ids padded to the model's context length, as `model.encode_text` expects them."""
-    return clip.tokenize(list(texts), context_length=model.context_length)
+    return clip.tokenize(list_of_strings(texts), context_length=model.context_length)
 
 
 def encode_texts(model, texts):
@@ -34,7 +47,7 @@ def encode_texts(model, texts):
     longest end-of-text token cannot change any feature: we run only that many positions instead of
     the full context (77 for OpenAI's models; a class-name caption needs about 6).
     """
-    texts = list(texts)
+    texts = list_of_strings(texts)
     unique = list(dict.fromkeys(texts))
     tokens = tokenize(model, unique).to(model.positional_embedding.device)
     end = tokens.argmax(dim=-1)  # the end-of-text token has the largest id

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -371,12 +372,15 @@ def train_mini_clip(recipe=None, cache_dir="data/weights", retrain=False, progre
     path = Path(cache_dir) / f"mini-clip-shapes-{recipe_key(recipe)}.pt"
     history_path = path.with_suffix(".csv")
     if path.is_file() and history_path.is_file() and not retrain:
-        model, preprocess = load_clip(str(path), device=device)
-        return model, preprocess, pd.read_csv(history_path)
+        try:
+            model, preprocess = load_clip(str(path), device=device)
+            return model, preprocess, pd.read_csv(history_path)
+        except ValueError as error:  # load_clip's messages for a damaged file; pandas' EmptyDataError is one too
+            warnings.warn(f"The cached mini-CLIP {path} is unusable, so it is trained again: {error}", stacklevel=2)
     model = build_random_clip(recipe.get("architecture", "mini"), seed=recipe["seed"]).to(device)
     history = fit_on_shapes(model, recipe, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    save_atomically(model.state_dict(), path)
     history.to_csv(history_path, index=False)
     return model.eval(), preprocess_for(32), history
 

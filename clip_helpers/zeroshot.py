@@ -1,16 +1,39 @@
 """Zero-shot classification: class prompts become a linear classifier over image features."""
+from collections import Counter
+
 import numpy as np
 import torch
 
 from .features import encode_images
 from .quantize import int8_image_tower
 from .similarity import normalize
-from .text import encode_texts
+from .text import encode_texts, list_of_strings
+
+
+def check_classes_and_templates(class_names, templates) -> tuple[list[str], list[str]]:
+    """The two lists, or an error for what would give identical classifier rows (a class never predicted)."""
+    class_names, templates = list_of_strings(class_names, "class_names"), list_of_strings(templates, "templates")
+    counts = Counter(class_names)
+    duplicates = [name for name, count in counts.items() if count > 1]
+    if duplicates:
+        raise ValueError(f"class_names repeats {duplicates}: repeated names get identical classifier rows, and only "
+                         f"the first of each can ever be predicted. Rename or merge those classes.")
+    for template in templates:
+        try:
+            same = template.format("cat") == template.format("dog")
+        except (IndexError, KeyError, ValueError) as error:
+            raise ValueError(f"template {template!r} cannot be filled with a class name ({type(error).__name__}: "
+                             f"{error}); write the name's place as {{}}, e.g. 'a photo of a {{}}.'") from error
+        if same:
+            raise ValueError(f"template {template!r} has no {{}} for the class name, so it gives every class the "
+                             f"same text; write e.g. 'a photo of a {{}}.'")
+    return class_names, templates
 
 
 @torch.no_grad()
 def build_classifier(model, class_names, templates):
     """[n_classes, dim]: each class's template embeddings, normalised, averaged, renormalised."""
+    class_names, templates = check_classes_and_templates(class_names, templates)
     texts = [template.format(name) for name in class_names for template in templates]
     text_features = normalize(encode_texts(model, texts).float())
     per_class = text_features.reshape(len(class_names), len(templates), -1).mean(dim=1)

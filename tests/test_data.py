@@ -65,7 +65,7 @@ def load(root, **kwargs):
 
 def test_class_names_come_from_folder_names(folder):
     dataset, _ = load(folder)
-    assert dataset.classes == ["ak47", "baseball bat", "frog", "clutter"]
+    assert dataset.classes == ["ak47", "baseball bat", "frog", "empty", "clutter"]  # labels follow the folders
     for path, label in dataset.samples:
         assert class_name(os.path.basename(os.path.dirname(path))) == dataset.classes[label]
 
@@ -280,3 +280,71 @@ def test_cifar10_from_disk_needs_no_network(tmp_path, no_network, monkeypatch):
     assert no_network == [] and len(dataset) == 4
     assert targets_of(dataset) == [label for _, label in dataset]
     assert dataset[0][0].mode == "RGB" and dataset[0][0].size == (32, 32)
+
+
+# ---------------------------------------------------------------- issue 10, findings 2, 3 and 15
+
+from clip_helpers.data import to_rgb  # noqa: E402
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped_to_white(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255: a 0..65535 gradient came out almost all white."""
+    gradient = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    expected = np.round(gradient / 257).astype(np.uint8)  # 65535 -> 255, by hand
+    Image.fromarray(gradient).save(tmp_path / "gradient.png")
+    with Image.open(tmp_path / "gradient.png") as image:
+        assert image.mode.startswith("I")
+        rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and np.array_equal(np.asarray(rgb), np.repeat(expected[..., None], 3, axis=2))
+    for values in (gradient.astype(">u2"), gradient.astype(np.int32)):  # modes I;16B and I
+        assert np.array_equal(np.asarray(to_rgb(Image.fromarray(values)))[..., 0], expected)
+
+
+@pytest.fixture
+def messy(tmp_path, monkeypatch):
+    """Class folders with a link to another class folder, broken links, a loose image, a hidden image, an
+    empty class folder and an image over PIL's size limit."""
+    root = tmp_path / "images"
+    cat, dog, empty = root / "001.cat", root / "002.dog", root / "004.empty"
+    for d in (cat, dog, empty):
+        d.mkdir(parents=True)
+    noise(0).save(cat / "a.png")
+    noise(1, size=32).save(cat / "big.png")  # 1024 pixels, over the limit set below
+    noise(2).save(cat / ".hidden.png")
+    (cat / "gone.jpg").symlink_to(cat / "missing.jpg")
+    noise(3).save(dog / "b.png")
+    noise(4).save(dog / "c.png")
+    (root / "000.alias").symlink_to(dog, target_is_directory=True)  # sorts first, yet the real folder keeps the files
+    noise(5).save(root / "loose.png")
+    (root / "ghost").symlink_to(root / "nowhere")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # PIL refuses images over twice this
+    return root
+
+
+def test_every_file_left_out_is_counted_with_its_reason(messy):
+    dataset, messages = load(messy)
+    assert dataset.classes == ["alias", "cat", "dog", "empty"]  # labels follow the folders, empty ones too
+    assert dataset.samples == [(str(messy / "001.cat" / "a.png"), 1), (str(messy / "002.dog" / "b.png"), 2),
+                               (str(messy / "002.dog" / "c.png"), 2)]
+    reasons = dataset.skip_reasons
+    assert sorted(reasons) == dataset.skipped == sorted(str(p) for p in [
+        messy / "000.alias" / "b.png", messy / "000.alias" / "c.png", messy / "001.cat" / "big.png",
+        messy / "001.cat" / "gone.jpg", messy / "loose.png", messy / "ghost"])
+    assert reasons[str(messy / "000.alias" / "b.png")].startswith(f"duplicate of {messy / '002.dog' / 'b.png'}")
+    assert reasons[str(messy / "001.cat" / "big.png")].startswith("too large for PIL")
+    assert reasons[str(messy / "001.cat" / "gone.jpg")] == reasons[str(messy / "ghost")] == "broken link"
+    assert reasons[str(messy / "loose.png")] == "not in a class folder"
+    assert ".hidden" not in str(dataset.samples) + str(dataset.skipped)
+    (skipped,) = [m for m in messages if "skipped" in m]
+    assert "skipped 6 file(s)" in skipped and "2 duplicate" in skipped and "2 broken link" in skipped
+    (empty,) = [m for m in messages if "no usable image" in m]
+    assert "000.alias" in empty and "004.empty" in empty
+
+
+def test_folders_that_give_the_same_class_name_are_named_in_a_warning(tmp_path):
+    for folder in ("001.good", "009.good", "010.bad"):
+        (tmp_path / folder).mkdir()
+        noise(0).save(tmp_path / folder / "x.png")
+    dataset, messages = load(tmp_path)
+    assert dataset.classes == ["good", "good", "bad"]
+    assert any("'good': ['001.good', '009.good']" in m for m in messages), messages

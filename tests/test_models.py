@@ -80,3 +80,64 @@ def test_weights_file_and_cache_check(tmp_path):
     (tmp_path / "ViT-B-32.pt").write_bytes(b"x")
     assert models.weights_cached("ViT-B/32", tmp_path)
     assert not models.weights_cached("mini", tmp_path)
+
+
+# ---------------------------------------------------------------- issue 10, finding 13: what a wrong file is
+
+import numpy as np  # noqa: E402
+import torchvision  # noqa: E402
+
+
+def refusal(path):
+    with pytest.raises(ValueError) as error:
+        load_clip(str(path), device="cpu")
+    return str(error.value)
+
+
+def test_wrong_files_get_a_message_that_says_what_they_are(tmp_path, mini):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert "empty (0 bytes)" in refusal(empty)
+
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(4000))
+    message = refusal(noise)
+    assert "not a model file" in message and "weights_only=False" not in message
+
+    truncated = tmp_path / "truncated.pt"
+    torch.save(mini.state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100_000])
+    assert "truncated or damaged" in refusal(truncated)
+
+    resnet = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), resnet)
+    message = refusal(resnet)
+    assert "not those of a CLIP model" in message and "conv1.weight" in message
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,train_loss,val_loss\n1,2.3,2.1\n")
+    message = refusal(history)
+    assert "text file starting 'epoch,train_loss,val_loss'" in message and "history.csv the metrics" in message
+
+
+def test_a_training_checkpoint_points_to_model_pt(tmp_path, mini):
+    """The kit's own checkpoint.pt: the model's weights plus the optimizer's state (and, today, numpy's RNG)."""
+    plain = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 3, "model": mini.state_dict(), "optimizer": {"state": {}, "param_groups": []}}, plain)
+    message = refusal(plain)
+    assert "training checkpoint (epoch 3" in message and "model.pt" in message and "'model' entry" in message
+    with_objects = tmp_path / "checkpoint-rng.pt"
+    torch.save({"epoch": 3, "model": mini.state_dict(), "rng": np.random.get_state()}, with_objects)
+    message = refusal(with_objects)
+    assert "tensors only" in message and "model.pt holds the weights" in message
+
+
+def test_archive_problem_reads_only_the_zip_directory(tmp_path, mini):
+    path = tmp_path / "ViT-B-32.pt"
+    torch.save({"x": torch.zeros(3)}, path)
+    assert models.archive_problem(path) is None
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-30])
+    assert "truncated" in models.archive_problem(path)
+    path.write_bytes(b"")
+    assert "empty" in models.archive_problem(path)

@@ -3,6 +3,7 @@ import socket
 import time
 
 import pytest
+import torch
 
 from clip_helpers import profiles
 from clip_helpers.data import ImageFolderCaptions, targets_of
@@ -33,7 +34,7 @@ def test_auto_picks_quick_when_the_weights_are_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(profiles, "can_reach", lambda *args, **kwargs: pytest.fail("no network check needed"))
     path = weights_file("ViT-B/32", tmp_path / "weights")
     path.parent.mkdir(parents=True)
-    path.write_bytes(b"weights")
+    torch.save({"x": torch.zeros(1)}, path)  # a complete archive, as torch and TorchScript write them
     profile, reason = profiles.get_profile("auto", tmp_path)
     assert profile.name == "quick"
     assert str(path) in reason
@@ -116,3 +117,17 @@ def test_save_metrics_writes_the_key_number(tmp_path):
     profiles.save_metrics(tmp_path, "07_zero_shot", "top-1 (%)", 91.25, profile="quick")
     record = json.loads((tmp_path / "metrics" / "07_zero_shot.json").read_text())
     assert record == {"notebook": "07_zero_shot", "key": "top-1 (%)", "value": 91.25, "profile": "quick"}
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+@pytest.mark.parametrize("reachable, expected", [(True, "quick"), (False, "offline")])
+def test_auto_does_not_trust_a_damaged_cached_file(tmp_path, monkeypatch, damage, reachable, expected):
+    """A zero-byte or truncated ViT-B-32.pt used to count as cached: "quick", then a crash offline."""
+    monkeypatch.setattr(profiles, "can_reach", lambda host, **kwargs: reachable)
+    path = weights_file("ViT-B/32", tmp_path / "weights")
+    path.parent.mkdir(parents=True)
+    torch.save({"x": torch.zeros(1000)}, path)
+    path.write_bytes(b"" if damage == "empty" else path.read_bytes()[:2000])
+    profile, reason = profiles.get_profile("auto", tmp_path)
+    assert profile.name == expected
+    assert f"the cached {path} is unusable" in reason and ("empty" in reason or "truncated" in reason)

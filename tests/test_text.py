@@ -43,3 +43,23 @@ def test_encode_texts_is_differentiable(mini):
     encode_texts(model, ["a red circle", "a red circle", "a blue star"]).sum().backward()
     assert model.token_embedding.weight.grad.abs().sum() > 0
     assert model.text_projection.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- issue 10, findings 4 and 14
+
+import pytest  # noqa: E402
+
+
+def test_a_bare_string_is_refused_not_split_into_letters(mini):
+    """encode_texts(model, "cat") used to encode "c", "a", "t"."""
+    with pytest.raises(TypeError, match=r"\['cat'\]"):
+        encode_texts(mini, "cat")
+    with pytest.raises(TypeError, match=r"\['cat'\]"):
+        tokenize(mini, "cat")
+    torch.testing.assert_close(encode_texts(mini, ["cat"]), mini.encode_text(tokenize(mini, ["cat"])),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_no_texts_is_a_clear_error(mini):
+    with pytest.raises(ValueError, match="texts is empty"):
+        encode_texts(mini, [])

@@ -46,3 +46,23 @@ def test_evaluate_matches_predict(mini, generator):
     predictions = predict(mini, images, classifier).argmax(dim=-1)
     assert result["top1"] == 100 * (predictions == labels).float().mean().item()
     assert result["confusion"].sum() == 10
+
+
+# ---------------------------------------------------------------- issue 10, findings 3, 4 and 14
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("class_names, templates, error, match", [
+    ("cat", ["a {}."], TypeError, r"class_names.*\['cat'\]"),
+    (["cat", "dog"], "a {}.", TypeError, r"templates.*\['a \{\}.'\]"),
+    ([], ["a {}."], ValueError, "class_names is empty"),
+    (["cat", "dog"], [], ValueError, "templates is empty"),
+    (["good", "bad", "good"], ["a {}."], ValueError, r"repeats \['good'\]"),
+    (["cat", "dog"], ["a {}.", "a photo."], ValueError, r"'a photo.' has no \{\}"),
+    (["cat", "dog"], ["a {name}."], ValueError, r"'a \{name\}.' cannot be filled"),
+])
+def test_classifier_inputs_that_would_silently_mislead_are_refused(mini, class_names, templates, error, match):
+    with pytest.raises(error, match=match):
+        build_classifier(mini, class_names, templates)
+
