@@ -33,6 +33,10 @@ except ImportError:  # Windows: no flock; the folder is not locked there
 RUN_FILES = ("checkpoint.pt", "model.pt", "history.csv", "run.json")
 
 
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (taken, busy, unwritable, another run's); the message says what to do."""
+
+
 # ---------------------------------------------------------------- random number generators, as plain types
 
 def rng_states():
@@ -97,7 +101,7 @@ def load_weights_only(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise ValueError(
+        raise RunFolderError(
             f"{path} is not a checkpoint this version of the kit wrote, or it is damaged, so it was not loaded (nothing "
             f"in it was run). torch.load(weights_only=True) said: {str(error).splitlines()[0]}. Start a new run "
             f"(overwrite=True, or --overwrite) or restore the file from a backup.") from None
@@ -197,7 +201,7 @@ def check_same_run(saved, current, run_dir):
     """Refuse to resume with another configuration: the saved schedule, data and weights belong to the old one."""
     changed = differences(saved or {}, current)
     if changed:
-        raise ValueError(
+        raise RunFolderError(
             f"Cannot resume {run_dir} with other settings; it was started with different ones (old -> new): "
             f"{'; '.join(changed)}. Resume with the run's own settings (see {Path(run_dir) / 'run.json'}), or start "
             f"a new run (another run folder, or overwrite=True / --overwrite to replace this one).")
@@ -218,7 +222,7 @@ def lock(run_dir):
         file.seek(0)
         holder = file.read().strip() or "unknown"
         file.close()
-        raise RuntimeError(f"Another run (process {holder}) is training in {run_dir}: two runs must not share a "
+        raise RunFolderError(f"Another run (process {holder}) is training in {run_dir}: two runs must not share a "
                            f"run folder. Wait for it to finish (or stop it), or choose another run folder.") from None
     file.seek(0)
     file.truncate()
@@ -241,11 +245,11 @@ def check_writable(run_dir, needed_bytes):
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         probe.unlink()
     except OSError as error:
-        raise OSError(f"Cannot write in the run folder {run_dir} ({error.strerror}): make it writable or choose "
+        raise RunFolderError(f"Cannot write in the run folder {run_dir} ({error.strerror}): make it writable or choose "
                       f"another run folder (or --data-dir).") from None
     free = shutil.disk_usage(run_dir).free
     if free < needed_bytes:
-        raise OSError(f"The disk of {run_dir} has {free / 2**20:.0f} MiB free; saving this run's checkpoints needs "
+        raise RunFolderError(f"The disk of {run_dir} has {free / 2**20:.0f} MiB free; saving this run's checkpoints needs "
                       f"about {needed_bytes / 2**20:.0f} MiB. Free some space or choose another run folder.")
 
 
@@ -268,7 +272,7 @@ def make_run_dir(run_dir):
     try:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OSError(f"Cannot create the run folder {run_dir} ({error.strerror or error}): choose another run "
+        raise RunFolderError(f"Cannot create the run folder {run_dir} ({error.strerror or error}): choose another run "
                       f"folder (or --data-dir).") from None
 
 
@@ -277,7 +281,7 @@ def checkpoint_to_resume(run_dir, record):
     state = load_checkpoint(run_dir)
     if state is None:
         started = (Path(run_dir) / "run.json").is_file()
-        raise FileNotFoundError(
+        raise RunFolderError(
             f"Nothing to resume in {run_dir}: " + ("the run there stopped before its first epoch finished. "
                                                   if started else "there is no run there. ") +
             "Start it as a new run (without resume" + (", with overwrite=True / --overwrite)." if started else ")."))
@@ -290,7 +294,7 @@ def claim_for_a_new_run(run_dir, record, overwrite):
     """Refuse to overwrite a run that finished an epoch unless asked; then clear the old run's files."""
     finished = [name for name in RUN_FILES[:3] if (Path(run_dir) / name).exists()]
     if finished and not overwrite:
-        raise FileExistsError(
+        raise RunFolderError(
             f"{run_dir} already holds a run ({', '.join(finished)}). A new run would overwrite it: resume it "
             f"(resume=True / --resume), choose another run folder (--run), or replace it (overwrite=True / --overwrite).")
     for name in RUN_FILES:
@@ -306,6 +310,9 @@ def run_folder(run_dir, record, model, resume=False, overwrite=False):
     "auto" continues it when it has a checkpoint and starts it otherwise; False starts a new run (refused
     over a run that finished an epoch, unless overwrite=True, which deletes it).
     """
+    if resume is True and not Path(run_dir).is_dir():
+        raise RunFolderError(f"Nothing to resume: there is no run folder {run_dir}. Check the run name (and "
+                             f"data folder), or start it as a new run (without resume).")
     make_run_dir(run_dir)
     held = lock(run_dir)
     try:

@@ -21,6 +21,7 @@ from .data import caltech256, cifar10, split
 from .device import get_device
 from .models import load_clip
 from .text import CIFAR10_CLASSES, CIFAR10_TEMPLATES
+from .checkpoints import RunFolderError
 from .train import MINI_RECIPE, TrainConfig, fine_tune, train_loader_for
 
 DATASETS = ("caltech256", "cifar10", "shapes")
@@ -161,6 +162,8 @@ def main(argv=None):
                      "No checkpoint to resume from; start again with the same command (nothing finished to lose).")
         print(f"\n{interrupt or 'Interrupted.'}\n{next_step}", file=sys.stderr)
         raise SystemExit(130) from None
+    except RunFolderError as error:  # a refusal that says what to do: its traceback would only bury that
+        raise SystemExit(f"python -m clip_helpers.finetune: error: {error}") from None
     print(history.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     print(f"history written to {Path(args.data_dir) / 'runs' / run / 'history.csv'}")  # by fine_tune, atomically
     return history
