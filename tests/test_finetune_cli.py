@@ -88,7 +88,7 @@ SHAPES_RUN = ["--model", "mini", "--dataset", "shapes", "--epochs", "2", "--batc
                                              ("--workers", "-1")])
 def test_cli_refuses_a_nonsense_number_at_parse_time(argument, value, capsys):
     with pytest.raises(SystemExit) as stop:
-        finetune.parse_args(["--model", "mini", argument, value])
+        finetune.parse_args(["--model", "mini", f"{argument}={value}"])
     assert stop.value.code == 2 and f"argument {argument}: must be" in capsys.readouterr().err
 
 
@@ -137,7 +137,6 @@ def test_cli_resume_of_a_missing_run_and_a_new_run_over_a_finished_one_are_refus
     finetune.main(argv)
     with pytest.raises(SystemExit, match="error: .*already holds a run.*--overwrite"):
         finetune.main(argv)
-    assert len(finetune.main([*argv, "--overwrite"])) == 1
 
 
 def run_notebooks_main():
