@@ -121,9 +121,9 @@ def main(argv=None):
     zero_shot = cifar10_zero_shot(model, cifar_test, 4 * args.batch_size, args.data_dir)
     print(f"zero-shot CIFAR-10 top-1: {zero_shot:.2f}% (paper: {PAPER_CIFAR10_ZEROSHOT}%)")
     del model
-    # resume=True: a second `make reproduce` picks the fine-tuning run up where it stopped (or skips it).
+    # resume="auto": a second `make reproduce` picks the fine-tuning run up where it stopped (or skips it).
     _, history = fine_tune_on(MODEL, "caltech256", args.epochs, args.batch_size, None, args.train_size,
-                              args.val_size, "reproduce-caltech256", True, device, args.data_dir)
+                              args.val_size, "reproduce-caltech256", "auto", device, args.data_dir)
     plots.save_figure(plots.training_curves(history), "fig10_training", figures)
     results = Path(args.out_dir) / "results.md"
     results.write_text(results_table(zero_shot, history, fig12_hits))

@@ -7,12 +7,13 @@ What changed from the report's listing (section 4.3), and why:
 - captions of the same class are not negatives of each other (multi-positive clip_loss);
 - each distinct caption is encoded once, and only up to its end token (text.encode_texts);
 - validation is zero-shot classification on held-out images, with the class prompts encoded once;
-- a checkpoint every epoch, an exact resume, and a stop with a clear message when the loss turns NaN/inf.
+- a checkpoint every epoch, an exact resume, and a stop with a clear message when the loss turns NaN/inf;
+- a run folder belongs to one run: locked while it trains, never overwritten unless asked, resumed only with
+  the settings it was started with (clip_helpers.checkpoints).
 """
 import hashlib
 import json
 import math
-import os
 import random
 import time
 import warnings
@@ -24,6 +25,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import (describe_run, last_checkpoint_message, load_checkpoint,  # noqa: F401 (public names)
+                          restore_rng_states, rng_states, run_folder, save_atomically, save_checkpoint)
 from .device import autocast, autocast_dtype
 from .losses import clip_loss
 from .quantize import int8_image_tower
@@ -47,10 +50,42 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     run_dir: str | None = None  # e.g. data/runs/caltech256; None saves nothing
-    resume: bool = False
+    resume: bool | str = False  # True: continue run_dir's run (refused if none); "auto": continue it if there is one
+    overwrite: bool = False  # a new run may replace the run already in run_dir
+    run_settings: dict | None = None  # what fine_tune cannot see (model name, dataset): recorded and checked on resume
     amp: str | None = "auto"  # "auto": device.autocast's choice; None: fp32; "bfloat16"/"float16": forced
     int8_eval: bool = False  # validate with an int8 copy of a ViT image tower (CPU only; ~2x faster, not exact)
     progress: bool = True
+
+    def __post_init__(self):
+        problems = config_problems(self)
+        if problems:
+            raise ValueError(f"TrainConfig: {'; '.join(problems)}.")
+
+
+def positive_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def config_problems(config):
+    """What is wrong with `config`, in words: a zero lr or no epochs would train nothing, silently."""
+    problems = []
+    if not (isinstance(config.num_epochs, int) and not isinstance(config.num_epochs, bool) and config.num_epochs >= 1):
+        problems.append(f"num_epochs must be a whole number >= 1, not {config.num_epochs!r}")
+    for name in ("lr", "eps", "grad_clip"):
+        if not positive_number(getattr(config, name)):
+            problems.append(f"{name} must be a finite number > 0, not {getattr(config, name)!r}")
+    if not (positive_number(config.weight_decay) or config.weight_decay == 0):
+        problems.append(f"weight_decay must be a finite number >= 0, not {config.weight_decay!r}")
+    if not (isinstance(config.warmup_fraction, (int, float)) and 0 <= config.warmup_fraction < 1):
+        problems.append(f"warmup_fraction must be in [0, 1), not {config.warmup_fraction!r}")
+    if config.amp not in ("auto", None, "bfloat16", "float16"):
+        problems.append(f"amp must be 'auto', None, 'bfloat16' or 'float16', not {config.amp!r}")
+    if config.resume not in (False, True, "auto"):
+        problems.append(f"resume must be False, True or 'auto', not {config.resume!r}")
+    elif config.resume and config.overwrite:
+        problems.append("resume and overwrite ask for opposite things; choose one")
+    return problems
 
 
 # ---------------------------------------------------------------- optimiser, schedule, precision
@@ -172,59 +207,6 @@ def validation_scores(model, val_loader, classifier, amp="auto", int8=False):
             "val_inbatch_acc": 100 * inbatch_right / len(labels)}
 
 
-# ---------------------------------------------------------------- checkpoints
-
-def rng_states():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng_states(states):
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_atomically(obj, path):
-    """Write to a temporary file then rename, so a run killed mid-save keeps the previous good file."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
-def save_checkpoint(run_dir, epoch, model, optimizer, scheduler, scaler, history, plan=None):
-    """`plan`: {"num_epochs", "steps_per_epoch"}, the schedule the run was made for (checked on resume)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_atomically({"epoch": epoch, "plan": plan, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": rng_states(), "history": history}, run_dir / "checkpoint.pt")
-    # The weights alone, as a plain state dict: clip_helpers.models.load_clip(run_dir / "model.pt") loads it.
-    save_atomically(model.state_dict(), run_dir / "model.pt")
-    pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
-
-
-def load_checkpoint(run_dir):
-    """The full training state, or None when the run has no checkpoint yet."""
-    path = Path(run_dir) / "checkpoint.pt"
-    if not path.is_file():
-        return None
-    # weights_only=False: our own file also holds numpy's and python's RNG states, which are not tensors.
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def last_checkpoint_message(run_dir):
-    if run_dir is None:
-        return "Nothing was saved (config.run_dir is None)."
-    state = load_checkpoint(run_dir)
-    if state is None:
-        return f"No epoch finished, so {run_dir} holds no checkpoint."
-    return (f"The last good checkpoint is {Path(run_dir) / 'checkpoint.pt'} (epoch {state['epoch']}); "
-            f"its weights alone are in {Path(run_dir) / 'model.pt'}.")
-
-
 # ---------------------------------------------------------------- the loop
 
 def seed_everything(seed):
@@ -259,70 +241,115 @@ def fine_tune(model, train_loader, val_loader, config):
 
     Columns: epoch, step, train_loss, val_loss, val_top1 (zero-shot %), val_inbatch_acc (the report's
     metric, %), lr (of the epoch's last step), seconds (wall time of the epoch, evaluation included).
-    With config.run_dir, a checkpoint is written after every epoch; config.resume=True continues from it
-    and returns the same history an uninterrupted run would have (same seed, same num_epochs).
+    With config.run_dir, a checkpoint is written after every epoch (see clip_helpers.checkpoints);
+    config.resume=True continues from it and returns the same history an uninterrupted run would have.
     """
-    device = model.positional_embedding.device
-    eval_templates = config.eval_templates or config.templates
+    check_loaders(train_loader, val_loader)
     steps_per_epoch = len(train_loader)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config.num_epochs * steps_per_epoch, config.warmup_fraction)
-    scaler = make_scaler(device, config.amp)
-    history, first_epoch = [], 1
-    plan = {"num_epochs": config.num_epochs, "steps_per_epoch": steps_per_epoch}
-    state = load_checkpoint(config.run_dir) if config.resume and config.run_dir else None
-    if state is not None:
-        check_plan(state.get("plan"), plan, config.run_dir)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        restore_rng_states(state["rng"])
-        history, first_epoch = state["history"], state["epoch"] + 1
-    else:
+    scaler = make_scaler(model.positional_embedding.device, config.amp)
+    parts = (model, optimizer, scheduler, scaler)
+    if not config.run_dir:
         seed_everything(config.seed)
-    for epoch in range(first_epoch, config.num_epochs + 1):
-        start = time.perf_counter()
-        reseed_sampler(train_loader, config.seed, epoch)
-        caption_generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 500_000_000)
-        model.train()
-        losses = []
-        # tqdm.auto given the loader itself would call iter() on it twice (its asyncio variant does it
-        # eagerly), starting DataLoader workers twice; a bar updated by hand does not.
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", disable=not config.progress, leave=False)
-        for images, labels in train_loader:
-            texts = captions_for(labels, config.class_names, config.templates, caption_generator)
-            lr = optimizer.param_groups[0]["lr"]
-            try:
-                loss = train_step(model, images, labels, texts, optimizer, scaler, config.grad_clip, config.amp)
-            except FloatingPointError as error:
-                raise FloatingPointError(
-                    f"Stopped: {error} at epoch {epoch}, step {len(losses) + 1} (lr {lr:.3g}). "
-                    f"{last_checkpoint_message(config.run_dir)} Try a lower lr or amp=None (fp32).") from None
-            scheduler.step()
-            losses.append(loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-        bar.close()
-        model.eval()
-        classifier = build_classifier(model, config.class_names, eval_templates)
-        history.append({"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": float(np.mean(losses)),
-                        **validation_scores(model, val_loader, classifier, config.amp, config.int8_eval),
-                        "lr": lr, "seconds": time.perf_counter() - start})
-        if config.run_dir:
-            save_checkpoint(config.run_dir, epoch, model, optimizer, scheduler, scaler, history, plan)
+        return pd.DataFrame(run_epochs(parts, train_loader, val_loader, config, [], None))
+    record = describe_run(config, batch_size=getattr(train_loader, "batch_size", None), steps_per_epoch=steps_per_epoch,
+                          train_images=dataset_size(train_loader), val_images=dataset_size(val_loader))
+    with run_folder(config.run_dir, record, model, config.resume, config.overwrite) as state:
+        history = []
+        if state is None:
+            seed_everything(config.seed)
+        else:
+            restore(parts, state)
+            history = state["history"]
+        try:
+            history = run_epochs(parts, train_loader, val_loader, config, history, record)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(interrupted_message(config.run_dir)) from None
     return pd.DataFrame(history)
 
 
-def check_plan(saved, plan, run_dir):
-    """Refuse to resume with another number of epochs or batches per epoch: the saved learning-rate schedule
-    was laid out for the old ones, so the resumed run would match neither the old plan nor the new one."""
-    if saved is not None and saved != plan:
-        raise ValueError(
-            f"The checkpoint in {run_dir} was made for {saved['num_epochs']} epochs of {saved['steps_per_epoch']} "
-            f"steps; this run asks for {plan['num_epochs']} epochs of {plan['steps_per_epoch']} steps. Resume with "
-            f"the same num_epochs, batch size and data, or start a new run (another run_dir, or resume=False).")
+def dataset_size(loader):
+    dataset = getattr(loader, "dataset", None)
+    return len(dataset) if hasattr(dataset, "__len__") else None
+
+
+def check_loaders(train_loader, val_loader):
+    """An empty loader would fail only after an epoch's work (or train nothing): refuse it first."""
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if len(loader) == 0:
+            raise ValueError(f"{name} yields no batches (its dataset holds {dataset_size(loader)} items): "
+                             f"give it at least one image.")
+
+
+def restore(parts, state):
+    model, optimizer, scheduler, scaler = parts
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    restore_rng_states(state["rng"])
+
+
+def interrupted_message(run_dir):
+    resume = " Continue it with the same settings and resume=True." if (Path(run_dir) / "checkpoint.pt").is_file() else ""
+    return f"Interrupted. {last_checkpoint_message(run_dir)}{resume}"
+
+
+def run_epochs(parts, train_loader, val_loader, config, history, record):
+    """Train the epochs after those in `history`, saving each one when `record` (the run's configuration) is given."""
+    model, optimizer, scheduler, scaler = parts
+    for epoch in range(len(history) + 1, config.num_epochs + 1):
+        start = time.perf_counter()
+        train_loss, lr = train_epoch(parts, train_loader, config, epoch)
+        model.eval()
+        classifier = build_classifier(model, config.class_names, config.eval_templates or config.templates)
+        history = history + [{"epoch": epoch, "step": epoch * len(train_loader), "train_loss": train_loss,
+                              **validation_scores(model, val_loader, classifier, config.amp, config.int8_eval),
+                              "lr": lr, "seconds": time.perf_counter() - start}]
+        if record is not None:
+            save_epoch(parts, epoch, history, config, record)
+    return history
+
+
+def train_epoch(parts, train_loader, config, epoch):
+    """(mean training loss, lr of the last step) of one epoch."""
+    model, optimizer, scheduler, scaler = parts
+    reseed_sampler(train_loader, config.seed, epoch)
+    caption_generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 500_000_000)
+    model.train()
+    losses = []
+    # tqdm.auto given the loader itself would call iter() on it twice (its asyncio variant does it
+    # eagerly), starting DataLoader workers twice; a bar updated by hand does not.
+    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{config.num_epochs}", disable=not config.progress, leave=False)
+    for images, labels in train_loader:
+        texts = captions_for(labels, config.class_names, config.templates, caption_generator)
+        lr = optimizer.param_groups[0]["lr"]
+        try:
+            loss = train_step(model, images, labels, texts, optimizer, scaler, config.grad_clip, config.amp)
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f"Stopped: {error} at epoch {epoch}, step {len(losses) + 1} (lr {lr:.3g}). "
+                f"{last_checkpoint_message(config.run_dir)} Try a lower lr or amp=None (fp32).") from None
+        scheduler.step()
+        losses.append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+    bar.close()
+    return float(np.mean(losses)), lr
+
+
+def save_epoch(parts, epoch, history, config, record):
+    """Save the epoch, or stop with where the last good checkpoint is (a NaN state, a full disk)."""
+    try:
+        save_checkpoint(config.run_dir, epoch, *parts, history, record)
+    except FloatingPointError as error:
+        raise FloatingPointError(f"Stopped: {error}. {last_checkpoint_message(config.run_dir)} "
+                                 f"Try a lower lr or amp=None (fp32).") from None
+    except OSError as error:
+        raise OSError(f"Could not save epoch {epoch} in {config.run_dir} ({error}). "
+                      f"{last_checkpoint_message(config.run_dir)}") from error
 
 
 # ---------------------------------------------------------------- mini-CLIP on shapes, from scratch

@@ -1,3 +1,4 @@
+import shlex
 import subprocess
 import sys
 
@@ -74,3 +75,85 @@ def test_cli_int8_eval_on_a_vit_checkpoint(tmp_path):
                              "--train-size", "32", "--val-size", "16", "--run", "int8", "--data-dir", str(tmp_path),
                              "--device", "cpu", "--no-progress", "--int8-eval"])
     assert len(history) == 1 and 0 <= history["val_top1"].iloc[0] <= 100
+
+
+# ---------------------------------------------------------------- issue 10: arguments, interrupts, run folders
+
+SHAPES_RUN = ["--model", "mini", "--dataset", "shapes", "--epochs", "2", "--batch-size", "16", "--train-size", "32",
+              "--val-size", "16", "--run", "cli", "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("argument, value", [("--lr", "0"), ("--lr", "-1e-3"), ("--lr", "nan"), ("--train-size", "-5"),
+                                             ("--val-size", "0"), ("--epochs", "0"), ("--batch-size", "0"),
+                                             ("--workers", "-1")])
+def test_cli_refuses_a_nonsense_number_at_parse_time(argument, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        finetune.parse_args(["--model", "mini", f"{argument}={value}"])
+    assert stop.value.code == 2 and f"argument {argument}: must be" in capsys.readouterr().err
+
+
+def test_fine_tune_on_refuses_a_zero_lr_and_a_negative_size_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, not 0"):
+        finetune.fine_tune_on("mini", "shapes", lr=0, train_size=16, val_size=16, data_dir=str(tmp_path), device="cpu")
+    with pytest.raises(ValueError, match="train_size must be a whole number >= 1"):
+        finetune.fine_tune_on("mini", "shapes", train_size=-5, data_dir=str(tmp_path), device="cpu")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_ctrl_c_says_where_the_checkpoint_is_and_the_command_that_resumes(tmp_path, monkeypatch, capsys):
+    from clip_helpers import train
+    original, calls = train.train_step, {"n": 0}
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # two steps an epoch: the first step of epoch 2
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", interrupted_in_epoch_2)
+    argv = [*SHAPES_RUN, "--data-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and "Traceback" not in err
+    checkpoint = tmp_path / "runs" / "cli" / "checkpoint.pt"
+    assert f"{checkpoint} (epoch 1)" in err
+    command = shlex.split(err.split("Resume with:")[1].strip().splitlines()[0])
+    assert command[:3] == [sys.executable, "-m", "clip_helpers.finetune"] and command[-1] == "--resume"
+    monkeypatch.setattr(train, "train_step", original)
+
+    # Resuming with other settings is refused, each difference named; the printed command resumes.
+    with pytest.raises(SystemExit, match=r"lr: 0\.002 -> 0\.5; .*train_images: 32 -> 48"):
+        finetune.main([*command[3:], "--lr", "0.5", "--train-size", "48"])
+    history = finetune.main(command[3:])
+    assert history["epoch"].tolist() == [1, 2]
+    assert pd.read_csv(tmp_path / "runs" / "cli" / "history.csv")["epoch"].tolist() == [1, 2]
+
+
+def test_cli_resume_of_a_missing_run_and_a_new_run_over_a_finished_one_are_refused(tmp_path):
+    argv = [*SHAPES_RUN, "--epochs", "1", "--data-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="error: Nothing to resume: there is no run folder"):
+        finetune.main([*argv, "--resume"])
+    finetune.main(argv)
+    with pytest.raises(SystemExit, match="error: .*already holds a run.*--overwrite"):
+        finetune.main(argv)
+
+
+def run_notebooks_main():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("run_notebooks", Path(__file__).parent.parent / "tools" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("argv, message", [(["--profile", "nonsense"], "argument --profile: invalid choice: 'nonsense'"),
+                                           (["--out", "{file}"], "argument --out: {file} is a file, not a folder"),
+                                           (["--out", "{file}/sub"], "argument --out: {file} is a file, not a folder")])
+def test_run_notebooks_gives_argparse_messages(argv, message, tmp_path, capsys):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        run_notebooks_main()([arg.format(file=file) for arg in argv])
+    assert stop.value.code == 2 and message.format(file=file) in capsys.readouterr().err

@@ -83,9 +83,17 @@ def summary(rows):
     return "\n".join(lines)
 
 
+def first_file_on(path):
+    """The file (not a folder) at `path` or above it, which would stop mkdir only after a notebook's work."""
+    return next((str(part) for part in [path, *path.parents] if part.exists() and not part.is_dir()), None)
+
+
 def main(argv=None):
+    from clip_helpers.profiles import PROFILES, get_profile
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="auto", help="smoke, offline, quick, full or auto (default)")
+    parser.add_argument("--profile", default="auto", choices=["auto", *PROFILES],
+                        help="smoke, offline, quick, full or auto (default)")
     parser.add_argument("--only", action="append", default=[],
                         help="run only notebooks starting with this (repeatable)")
     parser.add_argument("--out", default="outputs", help="output folder (default outputs)")
@@ -93,8 +101,10 @@ def main(argv=None):
     parser.add_argument("--notebooks", default=str(ROOT / "notebooks"), help="folder of NN_*.ipynb")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     args = parser.parse_args(argv)
-
-    from clip_helpers.profiles import get_profile
+    for name in ("out", "data_dir"):
+        not_a_folder = first_file_on(Path(getattr(args, name)))
+        if not_a_folder:
+            parser.error(f"argument --{name.replace('_', '-')}: {not_a_folder} is a file, not a folder")
 
     use_this_python_kernel()
     out_dir, data_dir = Path(args.out).resolve(), Path(args.data_dir).resolve()
