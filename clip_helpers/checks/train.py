@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import losses
 from ..similarity import normalize
-from .core import call, fail, passed
+from .core import call, fail, one_thread, passed
 
 GRAD_CLIP = 0.05  # below this batch's gradient norm, so leaving clipping out changes the update
 
@@ -131,8 +131,9 @@ def check_train_step(train_step) -> bool:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = TinyCLIP()
-    theirs, events = run(train_step, copy.deepcopy(model), exercise=exercise, log=True)
-    ours, _ = run(reference_step, copy.deepcopy(model))
+    with one_thread():
+        theirs, events = run(train_step, copy.deepcopy(model), exercise=exercise, log=True)
+        ours, _ = run(reference_step, copy.deepcopy(model))
     for (loss, parameters, lr), (want_loss, want_parameters, want_lr) in zip(theirs, ours):
         if not same_parameters(parameters, want_parameters) or not math.isclose(lr, want_lr, rel_tol=1e-9):
             break
@@ -149,7 +150,8 @@ def check_train_step(train_step) -> bool:
                                    "(torch.nn.utils.clip_grad_norm_) after backward() and before step() (before "
                                    "backward there is nothing to clip, after step it is too late)."),
                           ("value", "clip the norm of all the gradients together (clip_grad_norm_), not each value.")]:
-        variant, _ = run(reference_step, copy.deepcopy(model), clip=clip)
+        with one_thread():
+            variant, _ = run(reference_step, copy.deepcopy(model), clip=clip)
         if all(same_parameters(parameters, want) for (_, parameters, _), (_, want, _) in zip(theirs, variant)):
             fail(exercise, message)
     fail(exercise, "the parameters after one step differ from the reference step's. The loss should be CLIP's "
