@@ -444,6 +444,11 @@ def test_train_step_check_wants_the_loss_back(capsys):
     assert_rejected(checks.check_train_step, lambda *args: step(*args) and None, "return the batch's loss", capsys)
 
 
+def test_train_step_check_explains_its_stand_in_model(capsys):
+    kit_style = lambda model, *args: model.positional_embedding.device  # noqa: E731 (the kit's step finds the device so)
+    assert_rejected(checks.check_train_step, kit_style, "next(model.parameters()).device", capsys)
+
+
 def test_the_clipping_threshold_is_below_the_gradient_norm():
     """Otherwise a step without clipping would pass."""
     model = train_checks.TinyCLIP()

@@ -46,8 +46,10 @@ def describe(args) -> str:
             parts.append(f"a {arg.dtype} tensor of shape {tuple(arg.shape)}")
         elif isinstance(arg, (list, tuple)) and len(arg) > 8:
             parts.append(f"a {type(arg).__name__} of {len(arg)} items")
-        else:
+        elif isinstance(arg, (int, float, str, list, tuple)):
             parts.append(repr(arg))
+        else:  # a model, an optimizer: their repr runs over many lines
+            parts.append(f"a {type(arg).__name__}")
     return ", ".join(parts)
 
 

@@ -67,8 +67,10 @@ def check_cosine_similarity(cosine_similarity) -> bool:
             fail(exercise, explain(hints))
         wrong = next(i for i, (a, b) in enumerate(cases) if not close(outputs[i], similarity.cosine_similarity(a, b)))
         a, b = cases[wrong]
-        fail(exercise, f"for a = {a.tolist()} and b = {b.tolist()} you return {outputs[wrong].item():.6g}, but the "
-                       f"cosine is {similarity.cosine_similarity(a, b).item():.6g}. Write eq. 2 term by term: "
+        expected = similarity.cosine_similarity(a, b).item()
+        a, b = [round(x, 3) for x in a.tolist()], [round(x, 3) for x in b.tolist()]
+        fail(exercise, f"for a = {a} and b = {b} you return {outputs[wrong].item():.6g}, but the "
+                       f"cosine is {expected:.6g}. Write eq. 2 term by term: "
                        f"sum(a_i*b_i) / (sqrt(sum a_i^2) * sqrt(sum b_i^2)).")
     check_zero_vector(exercise, cosine_similarity)
     return passed(exercise)

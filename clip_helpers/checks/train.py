@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import losses
 from ..similarity import normalize
-from .core import call, fail, one_thread, passed
+from .core import ExerciseFailed, call, fail, one_thread, passed
 
 GRAD_CLIP = 0.05  # below this batch's gradient norm, so leaving clipping out changes the update
 
@@ -131,8 +131,16 @@ def check_train_step(train_step) -> bool:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = TinyCLIP()
+    try:
+        with one_thread():
+            theirs, events = run(train_step, copy.deepcopy(model), exercise=exercise, log=True)
+    except ExerciseFailed as error:
+        if "'TinyCLIP' object has no attribute" not in str(error):
+            raise
+        raise ExerciseFailed(f"{error}\n  The check's model is a tiny stand-in with only encode_image, encode_text, "
+                             f"logit_scale and forward (clip's CLIP interface); take the device from "
+                             f"next(model.parameters()).device.") from None
     with one_thread():
-        theirs, events = run(train_step, copy.deepcopy(model), exercise=exercise, log=True)
         ours, _ = run(reference_step, copy.deepcopy(model))
     for (loss, parameters, lr), (want_loss, want_parameters, want_lr) in zip(theirs, ours):
         if not same_parameters(parameters, want_parameters) or not math.isclose(lr, want_lr, rel_tol=1e-9):
