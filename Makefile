@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
 
-.PHONY: setup test notebooks reproduce benchmark clean
+.PHONY: setup test notebooks reproduce benchmark student clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ reproduce: setup
 
 benchmark: setup
 	$(PY) benchmarks/finetune_speed.py
+
+# The student edition: solutions between ### BEGIN/END SOLUTION replaced by stubs, outputs cleared.
+student: setup
+	$(PY) tools/make_student.py --out outputs/student
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,0 +1,16 @@
+"""The exercises' checks: check_<name>(your_function) compares it with the kit's reference and explains a mistake.
+
+A check prints one "Correct" line and returns True, or raises ExerciseFailed with what to fix; it never shows
+the reference's code. reveal("04") prints a notebook's open question and a model answer.
+"""
+from .answers import question, reveal
+from .core import ExerciseFailed
+from .data import check_split
+from .losses import FLOOR_QUESTION, check_clip_loss, check_loss_floor, loss_floor
+from .similarity import check_cosine_similarity, check_similarity_matrix
+from .train import TinyCLIP, check_train_step
+from .zeroshot import check_classifier, check_top1
+
+__all__ = ["ExerciseFailed", "FLOOR_QUESTION", "TinyCLIP", "check_classifier", "check_clip_loss",
+           "check_cosine_similarity", "check_loss_floor", "check_similarity_matrix", "check_split",
+           "check_top1", "check_train_step", "loss_floor", "question", "reveal"]

@@ -1,0 +1,94 @@
+"""One open question per notebook, with a model answer shown on demand: reveal("04")."""
+import textwrap
+
+ANSWERS = {
+    "01": (
+        "The report validates on the first 3% of the same shuffled list whose first 30% it trains on. What does "
+        "its validation accuracy measure, and what in the numbers would give the leak away?",
+        "Every validation image is also a training image, so the score measures how well the model fits images it "
+        "has already seen, not how it does on new ones. The tell-tale sign: validation keeps pace with training "
+        "(or beats it) and never falls behind, however long training runs. A disjoint split, stratified by class "
+        "and seeded, shows the real gap.",
+    ),
+    "02": (
+        "The image encoder and the text encoder are different networks reading different inputs. What makes "
+        "their outputs comparable at all?",
+        "Only training does. Both end in a linear projection to the same dimension, and the contrastive loss pulls "
+        "each image's vector towards its caption's and away from the others. With random weights the two spaces "
+        "are unrelated and the cosines mean nothing. Normalising the vectors also drops their lengths, so only "
+        "their directions are compared.",
+    ),
+    "03": (
+        "Why compare directions (cosines) rather than raw dot products? What would one unusually long text "
+        "vector do to a dot-product classifier?",
+        "A dot product grows with the vectors' lengths. One long caption vector would score high with every image "
+        "and win everywhere, and length tends to follow things like contrast or prompt wording, not meaning. The "
+        "cosine removes length, so only direction (what is shown, what is said) counts. logit_scale then sets how "
+        "sharp the softmax is, as one learned number instead of something that depends on lengths.",
+    ),
+    "04": (
+        "The loss of an untrained model grows with the batch size. Does that mean larger batches are worse?",
+        "No. With no signal the softmax is uniform over the n captions, so the loss starts near log n: a larger "
+        "batch is a harder multiple-choice question, not a worse model. Compare losses against log n, or compare "
+        "something that does not depend on n, such as zero-shot accuracy. More negatives make each gradient more "
+        "informative (the paper used batches of 32,768). Duplicate captions add a floor too, (1/n) * sum of "
+        "k log k: a limit set by the batch, not a failure of the model.",
+    ),
+    "05": (
+        "The report's Adam(weight_decay=0.2) also decays logit_scale. What does that do during training, and why "
+        "does the kit exempt it (and gains, biases, embeddings)?",
+        "Weight decay pulls every parameter it covers towards 0. For logit_scale, the log of the multiplier, 0 "
+        "means a multiplier of 1: the logits stay close to the raw cosines in [-1, 1], the softmax stays flat, and "
+        "the model cannot become confident however well it separates the pairs. Decay is meant to keep weight "
+        "matrices small. A temperature, a gain, a bias or an embedding has no 'too large' to guard against, so the "
+        "kit decays only matrices (AdamW with two parameter groups).",
+    ),
+    "06": (
+        "Suppose two captions in Fig 12 were 'a photo of a dog' and 'a photo of a puppy'. What would you expect "
+        "off the diagonal, and would the model be wrong?",
+        "Both captions should be bright in the dog photos' rows, so one entry off the diagonal lights up and the "
+        "softmax of those rows splits its probability between the two captions. The model is right and the "
+        "diagonal target is what is wrong: it calls the second caption a negative. This is why the kit's loss "
+        "treats same-class pairs as positives.",
+    ),
+    "07": (
+        "Prompt ensembling raised top-1 by a point or two on 150 images. How would you decide whether the gain "
+        "is real?",
+        "Compare it with its uncertainty. The standard error of an accuracy p measured on n images is "
+        "sqrt(p (1 - p) / n), about 3 points at p = 0.8 and n = 150, so a gain of a point or two tells us nothing. Two "
+        "things help: a paired test on the same images (count only the images on which the two classifiers "
+        "disagree, as McNemar's test does), and more images or more random subsets, with the gain reported as a "
+        "mean and a spread.",
+    ),
+    "08": (
+        "The mini-CLIP sees every colour and every shape in training but never some colour-shape pairs. What must "
+        "it learn to name a held-out pair correctly, and does CLIP trained on 400M captions do that reliably?",
+        "It must encode colour and shape as separate factors and bind each colour to its shape, in both encoders. "
+        "Matching whole captions does not force this: a 'bag of words' that notes which words are present scores "
+        "well on most batches. Measured on CLIP, binding often fails: Winoground (Thrush et al., 2022) and ARO "
+        "(Yuksekgonul et al., 2023) find it frequently cannot tell 'a red square and a blue circle' from the "
+        "swapped sentence. Held-out accuracy is evidence of composition only when it is clearly above the "
+        "baselines: chance (1/36) and the right colour with a random shape.",
+    ),
+}
+
+
+def key_of(notebook) -> str:
+    key = f"{int(notebook):02d}" if isinstance(notebook, int) else str(notebook)[:2]
+    if key not in ANSWERS:
+        raise ValueError(f"No open question for notebook {notebook!r}; there is one for {', '.join(ANSWERS)} "
+                         f"(e.g. reveal('04')).")
+    return key
+
+
+def question(notebook) -> str:
+    """The open question of a notebook ("04", 4 or "04_contrastive_loss")."""
+    return ANSWERS[key_of(notebook)][0]
+
+
+def reveal(notebook) -> None:
+    """Print the notebook's open question and its model answer. Try answering it yourself first."""
+    text, answer = ANSWERS[key_of(notebook)]
+    print(textwrap.fill(f"Question: {text}", 100))
+    print()
+    print(textwrap.fill(f"A model answer: {answer}", 100))
