@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
 
-.PHONY: setup test notebooks reproduce benchmark clean
+.PHONY: setup test notebooks reproduce rehearse benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,20 @@ notebooks: setup
 reproduce: setup
 	$(PY) -m clip_helpers.reproduce
 
+# The online path without internet: quick at its real sizes, full's code path at CPU sizes, and reproduce, all on
+# stand-ins (random ViT-B/32, procedural images) built once in rehearsal-data/. Outputs say REHEARSAL.
+REHEARSAL_DATA := rehearsal-data
+REHEARSAL_OUT := outputs/rehearsal
+rehearse: setup
+	$(PY) -m clip_helpers.rehearsal --root $(REHEARSAL_DATA) --fresh
+	$(PY) tools/run_notebooks.py --rehearsal --profile quick --data-dir $(REHEARSAL_DATA) --out $(REHEARSAL_OUT)/quick
+	$(PY) tools/run_notebooks.py --rehearsal --profile full:n_train=1,n_val=1,n_test=30,num_epochs=1 \
+		--data-dir $(REHEARSAL_DATA) --out $(REHEARSAL_OUT)/full --only 01 --only 04 --only 05 --only 07
+	$(PY) -m clip_helpers.reproduce --rehearsal --data-dir $(REHEARSAL_DATA) --out-dir $(REHEARSAL_OUT) \
+		--epochs 1 --train-size 64 --val-size 32
+
 benchmark: setup
 	$(PY) benchmarks/finetune_speed.py
 
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache rehearsal-data
