@@ -127,7 +127,10 @@ def test_notebooks_run_in_the_rehearsal(profile, stand_ins, tmp_path):
     figures = sorted((out / "figures").glob("*.png"))
     assert figures and all(Image.open(f).info.get("clip-kit") == "rehearsal" for f in figures)
     finetuned = json.loads((out / "metrics" / "05_fine_tune.json").read_text())
-    assert len(finetuned["history"]) == 1
+    assert len(finetuned["history"]) == 1  # the sizes reached the notebook: num_epochs=1, not the profile's
+    printed = "".join(o.get("text", "") for c in nbformat.read(out / "notebooks" / "05_fine_tune.ipynb", as_version=4).cells
+                      if c.cell_type == "code" for o in c.outputs)
+    assert "batch size 8" in printed and "SIZES CHANGED" in printed
 
 
 @pytest.mark.slow

@@ -125,7 +125,8 @@ def main(argv=None):
     paths = notebooks(args.notebooks, args.only)
     if not paths:
         parser.error(f"no notebooks matching {args.only or 'NN_*.ipynb'} in {args.notebooks}")
-    parameters = dict(profile=profile.name, profile_reason=reason, data_dir=str(data_dir), out_dir=str(out_dir),
+    sizes = args.profile.partition(":")[2]  # "full:n_test=30" reaches every notebook; "auto" as what it chose
+    parameters = dict(profile=f"{profile.name}:{sizes}" if sizes else profile.name, profile_reason=reason, data_dir=str(data_dir), out_dir=str(out_dir),
                       interactive=False)
     rows, failures, start = [], [], time.time()
     for i, path in enumerate(paths, start=1):
