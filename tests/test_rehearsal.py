@@ -143,3 +143,18 @@ def test_reproduce_runs_in_the_rehearsal_and_says_so(stand_ins, tmp_path):
     assert "| Model printout: params | 151,277,313 |" in results and "| 1 |" in results
     assert all(Image.open(out / "figures" / f"{name}.png").info.get("clip-kit") == "rehearsal"
                for name in ("fig10_training", "fig12_similarity"))
+
+
+@pytest.mark.parametrize("switch", [None, "1"])
+def test_a_missing_download_fails_at_once_naming_url_file_folder_and_offline_way(switch, tmp_path, no_network,
+                                                                                  monkeypatch):
+    monkeypatch.delenv(rehearsal.SKIP_CHECKSUMS, raising=False)
+    if switch:
+        monkeypatch.setenv(rehearsal.SKIP_CHECKSUMS, switch)  # the switch skips checksums, never a download
+    with pytest.raises(RuntimeError) as error:
+        load_clip("ViT-B/32", device="cpu", download_root=tmp_path / "weights")
+    message = str(error.value)
+    assert "https://openaipublic.azureedge.net/" in message and str(weights_file("ViT-B/32", tmp_path / "weights")) in message
+    assert f"cache folder {tmp_path / 'weights'}" in message and "PROFILE=offline" in message
+    with pytest.raises(RuntimeError, match=r"cs\.toronto\.edu.*PROFILE=offline"):
+        cifar10(tmp_path, train=False)
