@@ -158,3 +158,16 @@ def test_a_missing_download_fails_at_once_naming_url_file_folder_and_offline_way
     assert f"cache folder {tmp_path / 'weights'}" in message and "PROFILE=offline" in message
     with pytest.raises(RuntimeError, match=r"cs\.toronto\.edu.*PROFILE=offline"):
         cifar10(tmp_path, train=False)
+
+
+def test_a_sized_profile_changes_only_the_sizes_and_says_so(tmp_path):
+    from clip_helpers.profiles import PROFILES, get_profile
+
+    profile, reason = get_profile("full:n_test=30,num_epochs=1", tmp_path)
+    full = PROFILES["full"]
+    assert (profile.name, profile.n_test, profile.num_epochs) == ("full", 30, 1)
+    assert (profile.n_train, profile.finetune_source, profile.lr) == (full.n_train, full.finetune_source, full.lr)
+    assert "SIZES CHANGED (n_test=30, num_epochs=1)" in profile.meaning and "n_test=30" in reason
+    for bad in ("full:lr=1", "full:n_test=0", "full:n_test"):
+        with pytest.raises(ValueError, match="size=positive integer"):
+            get_profile(bad, tmp_path)
