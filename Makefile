@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
 
-.PHONY: setup test notebooks reproduce benchmark student clean
+.PHONY: setup test test-fast notebooks reproduce rehearse benchmark student clean
 
 setup: $(VENV)/.installed
 
@@ -18,11 +18,27 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# Everything but the tests marked slow (notebook runs, reproduce, several processes, training runs).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
 notebooks: setup
 	$(PY) tools/run_notebooks.py --profile $(PROFILE)
 
 reproduce: setup
 	$(PY) -m clip_helpers.reproduce
+
+# The online path without internet: quick at its real sizes, full's code path at CPU sizes, and reproduce, all on
+# stand-ins (random ViT-B/32, procedural images) built once in rehearsal-data/. Outputs say REHEARSAL.
+REHEARSAL_DATA := rehearsal-data
+REHEARSAL_OUT := outputs/rehearsal
+rehearse: setup
+	$(PY) -m clip_helpers.rehearsal --root $(REHEARSAL_DATA) --fresh
+	$(PY) tools/run_notebooks.py --rehearsal --profile quick --data-dir $(REHEARSAL_DATA) --out $(REHEARSAL_OUT)/quick
+	$(PY) tools/run_notebooks.py --rehearsal --profile full:n_train=1,n_val=1,n_test=30,num_epochs=1 \
+		--data-dir $(REHEARSAL_DATA) --out $(REHEARSAL_OUT)/full --only 01 --only 04 --only 05 --only 07
+	$(PY) -m clip_helpers.reproduce --rehearsal --data-dir $(REHEARSAL_DATA) --out-dir $(REHEARSAL_OUT) \
+		--epochs 1 --train-size 64 --val-size 32
 
 benchmark: setup
 	$(PY) benchmarks/finetune_speed.py
@@ -32,4 +48,4 @@ student: setup
 	$(PY) tools/make_student.py --out outputs/student
 
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache rehearsal-data

@@ -64,9 +64,21 @@ def open_or_explain(dataset_class, url, folder, **kwargs):
 
 def cifar10(root="data", train=True, transform=None, download=True):
     """torchvision's CIFAR-10 (50,000 train / 10,000 test images, 32x32), downloaded into root/cifar-10-batches-py."""
+    from .rehearsal import checksums_skipped
+
     cls = torchvision.datasets.CIFAR10
+    if checksums_skipped():
+        cls = CIFAR10WithoutChecksums
     folder = os.path.join(root, cls.base_folder)
     return open_or_explain(cls, cls.url, folder, root=root, train=train, transform=transform, download=download)
+
+
+class CIFAR10WithoutChecksums(torchvision.datasets.CIFAR10):
+    """torchvision's CIFAR10 with the md5s set to None: files must exist, their contents are not checked.
+    Used only for the rehearsal's stand-ins (clip_helpers.rehearsal.checksums_skipped)."""
+    train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
+    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
 
 
 def caltech256(root="data", transform=None, download=True):
@@ -80,6 +92,24 @@ def caltech256(root="data", transform=None, download=True):
                               os.path.join(root, "caltech256", "256_ObjectCategories"),
                               root=root, transform=rgb_transform, download=download)
     dataset.classes = [class_name(folder) for folder in dataset.categories]
+    return without_unreadable(dataset)
+
+
+def without_unreadable(dataset):
+    """Caltech256 with files PIL cannot decode left out (listed in `.skipped`, one warning), like ImageFolderCaptions.
+
+    torchvision opens a file only when it is indexed, so one truncated JPEG would otherwise stop a training run
+    in the middle of an epoch.
+    """
+    folder = os.path.join(dataset.root, "256_ObjectCategories")
+    paths = [os.path.join(folder, dataset.categories[y], f"{y + 1:03d}_{i:04d}.jpg") for i, y in zip(dataset.index, dataset.y)]
+    keep = [is_readable(path) for path in paths]
+    dataset.skipped = [path for path, ok in zip(paths, keep) if not ok]
+    dataset.index = [i for i, ok in zip(dataset.index, keep) if ok]
+    dataset.y = [y for y, ok in zip(dataset.y, keep) if ok]
+    if dataset.skipped:
+        warnings.warn(f"Caltech-256: left out {len(dataset.skipped)} unreadable image file(s): {dataset.skipped[:3]}",
+                      stacklevel=3)
     return dataset
 
 

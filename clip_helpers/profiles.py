@@ -80,7 +80,7 @@ PROFILES = {
         n_train=8, n_val=4, n_test=25, batch_size=64, num_epochs=5, lr=5e-4, n_grid=16,
     ),
     "quick": Profile(
-        "quick", "OpenAI's pretrained ViT-B/32 on small CIFAR-10 subsets (about 15 minutes on a laptop CPU): "
+        "quick", "OpenAI's pretrained ViT-B/32 on small CIFAR-10 subsets (see the README for its time on a CPU): "
         "real CLIP numbers, but from a few hundred images, so expect a few points of noise.",
         model=PRETRAINED, zeroshot_source="cifar10", finetune_source="cifar10",
         n_train=40, n_val=20, n_test=100, batch_size=32, num_epochs=2, lr=1e-5, n_grid=16,
@@ -132,8 +132,32 @@ def choose_auto(data_dir="data"):
                        f"(no internet)")
 
 
+SIZE_FIELDS = ("n_train", "n_val", "n_test", "batch_size", "num_epochs", "n_grid")
+
+
+def with_sizes(profile, sizes):
+    """The profile with some sizes changed, from "n_test=30,num_epochs=1"; its meaning says which and that
+    its numbers are not the named profile's."""
+    changes = {}
+    for item in filter(None, sizes.split(",")):
+        key, _, value = item.partition("=")
+        if key.strip() not in SIZE_FIELDS or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"Cannot read {item!r} in {sizes!r}: write size=positive integer, sizes among {SIZE_FIELDS}")
+        changes[key.strip()] = int(value)
+    note = ", ".join(f"{key}={value}" for key, value in changes.items())
+    return dataclasses.replace(profile, **changes, meaning=f"{profile.meaning} SIZES CHANGED ({note}): the "
+                               f"{profile.name} profile's code path on fewer images than the {profile.name} profile uses.")
+
+
 def get_profile(name="auto", data_dir="data"):
-    """(Profile, reason): one of PROFILES, or for "auto" quick/offline with the reason it was chosen."""
+    """(Profile, reason): one of PROFILES, or for "auto" quick/offline with the reason it was chosen.
+
+    "full:n_train=1,n_val=1" is the full profile with those sizes changed (with_sizes).
+    """
+    name, _, sizes = name.partition(":")
+    if sizes:
+        profile, reason = get_profile(name, data_dir)
+        return with_sizes(profile, sizes), f"{reason}, with sizes {sizes}"
     if name == "auto":
         chosen, why = choose_auto(data_dir)
         return PROFILES[chosen], f'"auto" chose {chosen}: {why}'

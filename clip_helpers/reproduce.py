@@ -3,24 +3,27 @@
 1. Fig 12: cosine similarities of five photos and five captions;
 2. zero-shot CIFAR-10 test accuracy with the 18-prompt ensemble (the paper reports 91.3% for ViT-B/32);
 3. fine-tuning on a Caltech-256 subset with the kit's loop, and Fig 10's two curves;
-4. outputs/results.md: each number beside the report's and the paper's.
+4. outputs/results.md: the model printout and each number beside the report's and the paper's.
+
+`--rehearsal` runs all of it on clip_helpers.rehearsal's stand-ins (random weights): `make rehearse`.
 
 It checks the weights and the datasets first and stops at once, with what to do, when they cannot be fetched.
 A GPU makes steps 2-3 take minutes; on a CPU they take hours (lower --train-size / --epochs).
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from . import plots
+from . import plots, rehearsal
 from .data import caltech256, cifar10
 from .device import get_device
 from .features import encode_images
 from .finetune import fine_tune_on
-from .models import load_clip
+from .models import load_clip, model_summary
 from .similarity import similarity_matrix
 from .text import CIFAR10_CLASSES, CIFAR10_TEMPLATES
 from .zeroshot import build_classifier, scores
@@ -75,25 +78,50 @@ def cifar10_zero_shot(model, dataset, batch_size, data_dir):
     return scores(image_features, labels, classifier)["top1"]
 
 
-def results_table(zero_shot, history, fig12_hits):
-    """outputs/results.md's text: the kit's numbers beside the report's and the paper's."""
-    last = history.iloc[-1]
-    rows = [
-        ("Zero-shot CIFAR-10 top-1, ViT-B/32, 18-prompt ensemble", f"{zero_shot:.1f}%",
-         "not given (CIFAR-10 is described, no accuracy is stated)", f"{PAPER_CIFAR10_ZEROSHOT}%"),
-        (f"Caltech-256 fine-tune, val zero-shot top-1 after {int(last['epoch'])} epochs", f"{last['val_top1']:.1f}%",
-         "Fig 10 curve only; its 'accuracy' is in-batch matching on training rows", "not reported"),
-        ("Same run, the report's in-batch metric (evaluateModel)", f"{last['val_inbatch_acc']:.1f}%",
-         "Fig 10 (no number in the text)", "-"),
-        ("Same run, final training / validation loss", f"{last['train_loss']:.3f} / {last['val_loss']:.3f}",
-         "Fig 10 (no number in the text)", "-"),
-        ("Fig 12: photos whose own caption is the most similar", f"{fig12_hits} / {len(FIG12)}",
-         "'highest similarity between images and respective captions'", "-"),
-    ]
-    lines = ["# clip-kit reproduction of the report's results", "",
-             "| result | kit | report | paper |", "|---|---|---|---|"]
-    lines += [f"| {' | '.join(row)} |" for row in rows]
-    lines += ["", "Figures: outputs/figures/fig10_training.png, outputs/figures/fig12_similarity.png.",
+# Published numbers, each with where it is published; everything else in results.md is computed by this run.
+REPORT = "CLIP Chronicles report"
+PAPER = "Radford et al. 2021"
+PUBLISHED = {
+    "params": ("over 155 million (" + REPORT + ", section 4.2)", "not stated as one number"),
+    "input_resolution": ("printed, value not shown (" + REPORT + ", section 4.3)", "224 (" + PAPER + ", ViT-B/32 hyperparameters, appendix)"),
+    "context_length": ("printed, value not shown (" + REPORT + ", section 4.3)", "76 tokens, 'max sequence length was capped at 76' (" + PAPER + ", section 2.4)"),
+    "vocab_size": ("printed, value not shown (" + REPORT + ", section 4.3)", "49,152 BPE tokens (" + PAPER + ", section 2.4)"),
+    "zero_shot": ("not given (CIFAR-10 is described, no accuracy is stated)", f"{PAPER_CIFAR10_ZEROSHOT}% ({PAPER}, ViT-B/32, prompt ensembling)"),
+    "fig10": ("Fig 10: curves only, no numbers; its 'accuracy' is in-batch matching (" + REPORT + ", section 4.2)", "not reported"),
+    "fig12": ("'the highest similarity between images and respective captions' (" + REPORT + ", Fig 12)", "-"),
+}
+
+
+def markdown_table(header, rows):
+    lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+    return lines + [f"| {' | '.join(str(cell) for cell in row)} |" for row in rows]
+
+
+def results_table(summary, zero_shot, history, similarity, fig12_hits, banner=None):
+    """outputs/results.md's text: the kit's numbers beside the report's and the paper's (PUBLISHED)."""
+    kit = "kit (REHEARSAL: meaningless)" if banner else "kit"
+    lines = [f"# clip-kit reproduction of the report's results{' - REHEARSAL' if banner else ''}", ""]
+    if banner:
+        lines += [f"> **{banner}**", ""]
+    rows = [(f"Model printout: {key.replace('_', ' ')}", f"{summary[key]:,}", *PUBLISHED[key])
+            for key in ("params", "input_resolution", "context_length", "vocab_size")]
+    rows += [("Zero-shot CIFAR-10 top-1, ViT-B/32, 18-prompt ensemble, whole test set", f"{zero_shot:.1f}%",
+              *PUBLISHED["zero_shot"]),
+             ("Fig 12: photos whose own caption is the most similar", f"{fig12_hits} / {len(FIG12)}", *PUBLISHED["fig12"])]
+    lines += markdown_table(["result", kit, "report", "paper"], rows)
+    lines += ["", f"## Fig 10: fine-tuning on Caltech-256, per epoch ({kit})", "",
+              f"Report: {PUBLISHED['fig10'][0]}. Paper: {PUBLISHED['fig10'][1]}.", ""]
+    columns = ["epoch", "train_loss", "val_loss", "val_top1", "val_inbatch_acc"]
+    lines += markdown_table(["epoch", "training loss", "validation loss", "validation zero-shot top-1 (%)",
+                             "validation in-batch accuracy, the report's metric (%)"],
+                            [[int(row.epoch)] + [f"{row[c]:.3f}" if "loss" in c else f"{row[c]:.1f}" for c in columns[1:]]
+                             for _, row in history.iterrows()])
+    lines += ["", f"## Fig 12: cosine similarity of five photos (rows) and five captions (columns) ({kit})", "",
+              f"Report: {PUBLISHED['fig12'][0]}; no values are printed.", ""]
+    captions = [caption for _, caption in FIG12]
+    lines += markdown_table(["photo"] + captions,
+                            [[name] + [f"{value:.3f}" for value in row] for (name, _), row in zip(FIG12, similarity.tolist())])
+    lines += ["", "Figures: figures/fig10_training.png, figures/fig12_similarity.png (beside this file).",
               f"Per-epoch history: {len(history)} rows in the fine-tuning run's history.csv."]
     return "\n".join(lines) + "\n"
 
@@ -107,16 +135,27 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out-dir", default="outputs")
+    parser.add_argument("--rehearsal", action="store_true",
+                        help="run on the stand-ins in --data-dir (clip_helpers.rehearsal), checksums skipped; "
+                             "results.md and the figures say it is a rehearsal")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    banner = None
+    if args.rehearsal:
+        rehearsal.build(args.data_dir)
+        os.environ[rehearsal.SKIP_CHECKSUMS] = "1"
+        banner = rehearsal.BANNER
+        print(banner)
     device = args.device or get_device()
     model, preprocess = pretrained_or_exit(device, str(Path(args.data_dir) / "weights"))
+    summary = model_summary(model)
+    print("model:", ", ".join(f"{key} {value:,}" for key, value in summary.items()))
     cifar_test, _ = datasets_or_exit(args.data_dir, preprocess)
     figures = Path(args.out_dir) / "figures"
-    _, fig12_hits = fig12_similarity(model, preprocess, figures)
+    similarity, fig12_hits = fig12_similarity(model, preprocess, figures)
     print(f"Fig 12: {fig12_hits}/{len(FIG12)} photos matched to their own caption")
     zero_shot = cifar10_zero_shot(model, cifar_test, 4 * args.batch_size, args.data_dir)
     print(f"zero-shot CIFAR-10 top-1: {zero_shot:.2f}% (paper: {PAPER_CIFAR10_ZEROSHOT}%)")
@@ -125,8 +164,12 @@ def main(argv=None):
     _, history = fine_tune_on(MODEL, "caltech256", args.epochs, args.batch_size, None, args.train_size,
                               args.val_size, "reproduce-caltech256", "auto", device, args.data_dir)
     plots.save_figure(plots.training_curves(history), "fig10_training", figures)
+    if banner:
+        rehearsal.stamp_figures(figures)
     results = Path(args.out_dir) / "results.md"
-    results.write_text(results_table(zero_shot, history, fig12_hits))
+    partial = results.with_name(results.name + ".partial")
+    partial.write_text(results_table(summary, zero_shot, history, similarity, fig12_hits, banner))
+    os.replace(partial, results)
     print(results.read_text())
 
 

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import torch
 import pytest
 
 from clip_helpers import finetune
@@ -60,9 +61,17 @@ def test_reproduce_results_table_puts_the_numbers_side_by_side():
     from clip_helpers import reproduce
     history = pd.DataFrame([{"epoch": 1, "step": 10, "train_loss": 2.5, "val_loss": 2.0, "val_top1": 80.0,
                              "val_inbatch_acc": 12.5, "lr": 1e-5, "seconds": 1.0}])
-    table = reproduce.results_table(88.8, history, 5)
-    assert "| Zero-shot CIFAR-10 top-1, ViT-B/32, 18-prompt ensemble | 88.8% |" in table
-    assert "91.3%" in table and "80.0%" in table and "12.5%" in table and "5 / 5" in table
+    summary = {"params": 151277313, "input_resolution": 224, "context_length": 77, "vocab_size": 49408}
+    similarity = torch.eye(5) * 0.25 + 0.05
+    table = reproduce.results_table(summary, 88.8, history, similarity, 5)
+    assert "| Zero-shot CIFAR-10 top-1, ViT-B/32, 18-prompt ensemble, whole test set | 88.8% |" in table
+    assert "| Model printout: params | 151,277,313 | over 155 million" in table
+    assert "| 1 | 2.500 | 2.000 | 80.0 | 12.5 |" in table  # Fig 10's row of epoch 1
+    assert "| astronaut | 0.300 | 0.050 |" in table  # Fig 12's first row
+    assert "91.3%" in table and "5 / 5" in table and "REHEARSAL" not in table
+    rehearsed = reproduce.results_table(summary, 88.8, history, similarity, 5, banner="REHEARSAL, meaningless")
+    assert rehearsed.startswith("# clip-kit reproduction of the report's results - REHEARSAL\n\n> **REHEARSAL")
+    assert "| result | kit (REHEARSAL: meaningless) | report | paper |" in rehearsed
 
 
 def test_cli_int8_eval_on_a_vit_checkpoint(tmp_path):
