@@ -200,7 +200,7 @@ def training_ceilings(training, batch_size, device, matmul_size=2048):
         result |= {f"{prefix}matmul_gflop_per_s": round(rate, 1), f"{prefix}ceiling_images_per_s": round(ceiling, 3),
                    f"{kit}_fraction_of_{prefix}ceiling": round(training[kit] / ceiling, 3)}
     if "kit_bf16" in training:
-        result["kit_bf16_gflop_per_step"] = round(training["kit_bf16_gflop"], 1)
+        result["kit_bf16_gflop_per_step"] = round(training["kit_bf16_gflop"], 4)
         result["kit_bf16_speedup_over_fp32"] = round(training["kit_bf16"] / training["kit"], 3)
     if device.startswith("cuda") and "kit_bf16" in training:
         name = torch.cuda.get_device_name(device)
@@ -362,9 +362,9 @@ def main(argv=None):
               "threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
               "report_train_images_per_s": round(report_train, 3), "kit_train_images_per_s": round(kit_train, 3),
               "train_speedup": round(kit_train / report_train, 3),
-              "report_train_gflop_per_step": round(training["report_gflop"], 1),
-              "kit_train_gflop_per_step": round(training["kit_gflop"], 1),
-              "kit_optimizer_seconds": round(training["kit_optimizer_seconds"], 3), "fraction_target": FRACTION_TARGET,
+              "report_train_gflop_per_step": round(training["report_gflop"], 4),
+              "kit_train_gflop_per_step": round(training["kit_gflop"], 4),
+              "kit_optimizer_seconds": round(training["kit_optimizer_seconds"], 5), "fraction_target": FRACTION_TARGET,
               "train_amp_default": amp_name(autocast_dtype(device)), "fused_adamw": training["fused_adamw"],
               "report_eval_images_per_s": round(evaluation["report"], 3), "kit_eval_images_per_s": round(evaluation["kit"], 3),
               "eval_speedup": round(evaluation["kit"] / evaluation["report"], 3), "eval_batches": args.eval_batches,
