@@ -116,7 +116,7 @@ def main(argv=None):
                              "checksums skipped; every output says it is a rehearsal")
     args = parser.parse_args(argv)
     if args.profile.partition(":")[0] not in ("auto", *PROFILES):
-        parser.error(f"argument --profile: invalid choice {args.profile!r} (choose from auto, {', '.join(PROFILES)}, "
+        parser.error(f"argument --profile: invalid choice: {args.profile!r} (choose from auto, {', '.join(PROFILES)}, "
                      f"optionally with sizes, e.g. full:n_test=30)")
     for name in ("out", "data_dir"):
         not_a_folder = first_file_on(Path(getattr(args, name)))
