@@ -186,3 +186,74 @@ def test_resume_with_another_number_of_epochs_is_refused_with_a_reason(mini, tin
         run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "run", num_epochs=2, resume=True))
     resumed = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "run", num_epochs=1, resume=True))
     assert resumed["epoch"].tolist() == [1]  # the same plan resumes (here: nothing left to do)
+
+
+# ---------------------------------------------------------------- reduced precision and the scaler
+
+def one_step(mini, tiny_data, amp, scaler):
+    """(loss, the gradients the optimiser used [flat], the model) after one train_step from mini's weights."""
+    model = copy.deepcopy(mini).train()
+    images, labels = tiny_data[0].tensors
+    optimizer = train.make_optimizer(model, config_for(amp=amp))
+    loss = train.train_step(model, images[:8], labels[:8], [CLASS_NAMES[i] for i in labels[:8]], optimizer, scaler,
+                            amp=amp)
+    return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), model
+
+
+def test_only_fp16_gets_a_working_scaler():
+    assert train.make_scaler("cpu", "float16").is_enabled()
+    assert not train.make_scaler("cpu", "bfloat16").is_enabled() and not train.make_scaler("cpu", None).is_enabled()
+
+
+@pytest.mark.parametrize("amp", ["bfloat16", "float16"])
+def test_a_reduced_precision_step_computes_in_it_and_uses_the_fp32_steps_gradients(mini, tiny_data, amp):
+    fp32_loss, fp32_grads, _ = one_step(mini, tiny_data, None, train.make_scaler("cpu", None))
+    dtypes = []
+    hooked = copy.deepcopy(mini)
+    hooked.visual.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, enabled=amp == "float16")  # small enough not to overflow
+    loss, grads, model = one_step(hooked, tiny_data, amp, scaler)
+    assert dtypes == [getattr(torch, amp)]  # the image tower really ran in reduced precision
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+    assert loss != fp32_loss and loss == pytest.approx(fp32_loss, rel=0.02)
+    # The optimiser saw the true gradients, clipped: unscaled before clipping, not the scaled ones (norm 1/256).
+    assert grads.norm().item() == pytest.approx(fp32_grads.norm().item(), rel=0.05)
+    assert torch.nn.functional.cosine_similarity(grads, fp32_grads, dim=0) > 0.98
+    if amp == "float16":
+        assert scaler.get_scale() == 2.0 ** 8  # no overflow, no skipped step
+
+
+def test_an_fp16_overflow_skips_the_step_and_halves_the_scale(mini, tiny_data):
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)  # any gradient above 0.004 overflows fp16
+    _, _, model = one_step(mini, tiny_data, "float16", scaler)
+    assert scaler.get_scale() == 2.0 ** 23
+    before = dict(mini.named_parameters())
+    for name, parameter in model.named_parameters():  # (BatchNorm's running statistics move in any forward)
+        assert torch.equal(parameter, before[name]), name
+
+
+@pytest.mark.slow  # three fp16 training runs: fp16 is emulated on a CPU
+def test_a_resumed_fp16_run_restores_the_scalers_scale_and_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
+    config = dict(amp="float16", num_epochs=2)
+    whole = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "whole", **config))
+    whole_scale = train.load_checkpoint(tmp_path / "whole")["scaler"]["scale"]
+    assert whole_scale < 65536.0  # fp16 overflowed at the default scale, so the scaler's state really changed
+
+    train_set, val_set = tiny_data
+    crashing = CrashOnEpoch(train_loader_for(train_set, batch_size=8), epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(copy.deepcopy(mini), crashing, DataLoader(val_set, batch_size=8), config_for(tmp_path / "resumed", **config))
+    resumed = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "resumed", resume=True, **config))
+    assert train.load_checkpoint(tmp_path / "resumed")["scaler"]["scale"] == whole_scale
+    for column in ["train_loss", "val_loss", "val_top1", "lr"]:
+        assert resumed[column].tolist() == pytest.approx(whole[column].tolist(), rel=1e-6, abs=1e-9), column
+
+
+def test_resume_when_the_steps_per_epoch_change_is_refused_with_a_reason(mini, tiny_data, tmp_path):
+    """The saved schedule counts num_epochs x steps_per_epoch steps: another batch size would bend it."""
+    run(copy.deepcopy(mini), tiny_data, config_for(tmp_path, num_epochs=1))
+    train_set, val_set = tiny_data
+    smaller_batches = train_loader_for(train_set, batch_size=4)  # 24 images: 6 steps an epoch instead of 3
+    with pytest.raises(ValueError, match=r"batch_size: 8 -> 4; steps_per_epoch: 3 -> 6\."):
+        fine_tune(copy.deepcopy(mini), smaller_batches, DataLoader(val_set, batch_size=8),
+                  config_for(tmp_path, num_epochs=1, resume=True))
