@@ -63,6 +63,7 @@ def test_loss_goes_down_on_a_fixed_batch(mini, tiny_data):
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
     whole = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "whole"))
 
@@ -84,6 +85,7 @@ def test_resumed_run_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
         torch.testing.assert_close(tensor, final[name], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(mini, tiny_data, tmp_path, monkeypatch):
     steps_per_epoch = 3  # 24 images, batch 8
     calls = {"training": 0}
@@ -160,6 +162,7 @@ def test_mini_clip_splits_never_share_an_image():
     assert len(class_names) == 36
 
 
+@pytest.mark.slow
 def test_train_mini_clip_smoke_recipe_trains_caches_and_reloads(tmp_path):
     model, preprocess, history = train.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
     files = sorted(p.name for p in tmp_path.iterdir())
@@ -171,6 +174,7 @@ def test_train_mini_clip_smoke_recipe_trains_caches_and_reloads(tmp_path):
         torch.testing.assert_close(again.state_dict()[name], tensor)
 
 
+@pytest.mark.slow
 def test_int8_evaluation_leaves_training_untouched_and_scores_close_to_fp32(tiny_data):
     from clip_helpers.models import build_random_clip
     fp32 = run(build_random_clip("mini-vit", seed=0).train(), tiny_data, config_for())
@@ -180,6 +184,7 @@ def test_int8_evaluation_leaves_training_untouched_and_scores_close_to_fp32(tiny
     assert int8["val_loss"].tolist() == pytest.approx(fp32["val_loss"].tolist(), rel=0.02)  # ...and is close
 
 
+@pytest.mark.slow
 def test_resume_with_another_number_of_epochs_is_refused_with_a_reason(mini, tiny_data, tmp_path):
     run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "run", num_epochs=1))
     with pytest.raises(ValueError, match=r"\(old -> new\): num_epochs: 1 -> 2\. .*new run"):
