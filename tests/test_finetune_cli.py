@@ -30,6 +30,7 @@ def test_cli_datasets_never_share_an_image(tmp_path):
     assert len(targets_of(train)) == 100
 
 
+@pytest.mark.slow
 def test_cli_help_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "clip_helpers.finetune", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--resume" in result.stdout and "caltech256" in result.stdout

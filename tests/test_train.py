@@ -13,7 +13,7 @@ from clip_helpers.train import SMOKE_RECIPE, TrainConfig, fine_tune, train_loade
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tiny_data():
     """24 train and 8 val random 32-px images of 4 classes: enough for the loop's mechanics."""
     generator = torch.Generator().manual_seed(1)
@@ -210,9 +210,16 @@ def test_only_fp16_gets_a_working_scaler():
     assert not train.make_scaler("cpu", "bfloat16").is_enabled() and not train.make_scaler("cpu", None).is_enabled()
 
 
+@pytest.fixture(scope="module")
+def fp32_step(mini, tiny_data):
+    """(loss, gradients) of one fp32 step: the reference for the reduced-precision steps."""
+    loss, grads, _ = one_step(mini, tiny_data, None, train.make_scaler("cpu", None))
+    return loss, grads
+
+
 @pytest.mark.parametrize("amp", ["bfloat16", "float16"])
-def test_a_reduced_precision_step_computes_in_it_and_uses_the_fp32_steps_gradients(mini, tiny_data, amp):
-    fp32_loss, fp32_grads, _ = one_step(mini, tiny_data, None, train.make_scaler("cpu", None))
+def test_a_reduced_precision_step_computes_in_it_and_uses_the_fp32_steps_gradients(mini, tiny_data, fp32_step, amp):
+    fp32_loss, fp32_grads = fp32_step
     dtypes = []
     hooked = copy.deepcopy(mini)
     hooked.visual.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
