@@ -261,6 +261,7 @@ def test_a_resumed_fp16_run_restores_the_scalers_scale_and_matches_an_uninterrup
         assert resumed[column].tolist() == pytest.approx(whole[column].tolist(), rel=1e-6, abs=1e-9), column
 
 
+@pytest.mark.slow  # a training run first
 def test_resume_when_the_steps_per_epoch_change_is_refused_with_a_reason(mini, tiny_data, tmp_path):
     """The saved schedule counts num_epochs x steps_per_epoch steps: another batch size would bend it."""
     run(copy.deepcopy(mini), tiny_data, config_for(tmp_path, num_epochs=1))
