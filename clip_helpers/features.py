@@ -200,11 +200,13 @@ def encode_images(model, loader, cache_dir=None, cache_label: str | None = None,
     was_training = model.training
     model.eval()
     image_features, labels = [], []
-    for images, batch_labels in tqdm(loader, desc="encoding images", disable=not progress):
-        with autocast(device):
-            image_features.append(model.encode_image(images.to(device)).float().cpu())
-        labels.append(torch.as_tensor(batch_labels))
-    model.train(was_training)
+    try:  # a failing batch or a Ctrl-C must not leave a model in training in eval mode
+        for images, batch_labels in tqdm(loader, desc="encoding images", disable=not progress):
+            with autocast(device):
+                image_features.append(model.encode_image(images.to(device)).float().cpu())
+            labels.append(torch.as_tensor(batch_labels))
+    finally:
+        model.train(was_training)
     image_features, labels = torch.cat(image_features), torch.cat(labels)
     if path is not None and not torch.isfinite(image_features).all():
         warnings.warn("Some image features are not finite (NaN or inf); they are returned but not cached.", stacklevel=3)

@@ -1,6 +1,5 @@
 import os
 import pickle
-import random
 import urllib.error
 import urllib.request
 import warnings
@@ -191,24 +190,6 @@ def test_a_class_with_one_item_goes_to_train():
 def test_split_refuses_impossible_fractions(val_fraction):
     with pytest.raises(ValueError, match="val_fraction"):
         split(ShapesDataset(n_per_class=2), val_fraction)
-
-
-def test_the_reports_split_leaks_and_ours_does_not(folder):
-    dataset, _ = load(folder)
-    # As in the report's listing (section 4.3): both slices start at row 0 of the same shuffled list.
-    allImagesPathsandTexts = [(path, dataset.classes[label]) for path, label in dataset.samples]
-    random.Random(0).shuffle(allImagesPathsandTexts)
-    trainDataLen = int(len(allImagesPathsandTexts) * 30 / 100)
-    validationDataLen = int(len(allImagesPathsandTexts) * 3 / 100)
-    report_train = allImagesPathsandTexts[0:trainDataLen][:]
-    report_val = allImagesPathsandTexts[0:validationDataLen][:]
-    assert len(report_val) > 0 and all(row in report_train for row in report_val)  # every validation row is trained on
-
-    train, val = split(dataset, 0.03)
-    ours_train = {dataset.samples[i][0] for i in train.indices}
-    ours_val = {dataset.samples[i][0] for i in val.indices}
-    assert len(ours_val) > 0 and ours_train.isdisjoint(ours_val)
-    assert ours_train | ours_val == {path for path, _ in dataset.samples}
 
 
 @pytest.fixture

@@ -1,34 +1,90 @@
-"""environment.yml (conda users) and pyproject.toml (pip users) must install the same packages."""
+"""environment.yml (conda users) and pyproject.toml (pip users) must install the same packages, and those
+packages must provide every module the kit imports."""
+import ast
+import importlib.metadata
 import re
+import sys
 import tomllib
 from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def names(requirements):
-    return {re.split(r"[<>=!~ \[;]", r.strip(), maxsplit=1)[0].lower() for r in requirements}
+def by_name(requirements) -> dict:
+    """{canonical name: specifier string} of requirement strings."""
+    parsed = [Requirement(r) for r in requirements]
+    return {canonicalize_name(r.name): str(r.specifier) for r in parsed}
 
 
-def pyproject_packages():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return names(project["dependencies"] + project["optional-dependencies"]["dev"])
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def environment_packages():
-    lines = (ROOT / "environment.yml").read_text().splitlines()
-    start = lines.index("  - pip:")
-    pip_lines = [line.split("#")[0].strip()[2:] for line in lines[start + 1:] if line.strip().startswith("- ")]
-    return names(p for p in pip_lines if p and not p.startswith("-e"))
+def environment():
+    return yaml.safe_load((ROOT / "environment.yml").read_text())
 
 
-def test_same_packages_in_both_files():
-    assert pyproject_packages() == environment_packages()
+def conda_and_pip_entries():
+    conda = [entry for entry in environment()["dependencies"] if isinstance(entry, str)]
+    (pip,) = [entry["pip"] for entry in environment()["dependencies"] if isinstance(entry, dict)]
+    return conda, pip
 
 
-def test_required_pins_and_packages():
-    assert {"torch", "torchvision", "openai-clip", "papermill", "scikit-image", "ipywidgets"} <= pyproject_packages()
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '"setuptools<81"' in pyproject and "setuptools<81" in (ROOT / "environment.yml").read_text()
-    assert "python=3.11" in (ROOT / "environment.yml").read_text()
-    assert "-e .[dev]" in (ROOT / "environment.yml").read_text()
+def test_same_packages_and_pins_in_both_files():
+    project = pyproject()
+    _, pip = conda_and_pip_entries()
+    declared = by_name(project["dependencies"] + project["optional-dependencies"]["dev"])
+    assert by_name(entry for entry in pip if not entry.startswith("-e")) == declared
+
+
+def test_conda_python_satisfies_requires_python_and_the_kit_is_installed_with_its_dev_extra():
+    conda, pip = conda_and_pip_entries()
+    (python,) = [entry for entry in conda if re.match(r"python\b", entry)]
+    version = re.split(r"[=<>]+", python, maxsplit=1)[1]
+    assert version in SpecifierSet(pyproject()["requires-python"]), (python, pyproject()["requires-python"])
+    (editable,) = [entry for entry in pip if entry.startswith("-e")]
+    extras = re.fullmatch(r"-e \.\[(.*)\]", editable).group(1).split(",")
+    assert set(extras) <= set(pyproject()["optional-dependencies"])
+
+
+def third_party_imports(folder: Path) -> set[str]:
+    """Top-level names of the modules imported anywhere under `folder`, less the standard library and the kit."""
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"clip_helpers", "__future__"}
+
+
+def installed_by(distributions) -> set[str]:
+    """The distributions `distributions` install, with everything they require (not their optional extras)."""
+    seen, todo = set(), [canonicalize_name(d) for d in distributions]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in importlib.metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(requirement.name))
+    return seen
+
+
+def test_every_module_the_kit_imports_is_installed_by_a_declared_package():
+    project = pyproject()
+    providers = importlib.metadata.packages_distributions()
+    declared = installed_by(by_name(project["dependencies"]))
+    with_dev = installed_by(by_name(project["dependencies"] + project["optional-dependencies"]["dev"]))
+    for folder, installed in ((ROOT / "clip_helpers", declared), (ROOT / "tests", with_dev)):
+        missing = {module: providers.get(module) for module in third_party_imports(folder)
+                   if not {canonicalize_name(d) for d in providers.get(module, [])} & installed}
+        assert not missing, f"{folder.name} imports modules no declared package installs: {missing}"

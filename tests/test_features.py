@@ -149,3 +149,34 @@ def test_the_key_covers_the_transform_and_is_stable_across_copies(mini):
     assert fingerprint(mini, loader) == fingerprint(copy.deepcopy(mini), DataLoader(shapes(), batch_size=8))
     other_transform = ShapesDataset("train", n_per_class=1, transform=preprocess_for(40))
     assert fingerprint(mini, loader) != fingerprint(mini, DataLoader(other_transform, batch_size=64))
+
+
+# ---------------------------------------------------------------- the model's mode is the caller's
+
+def test_encode_images_runs_in_eval_mode_and_gives_the_caller_back_its_mode(mini, generator):
+    images = torch.randn(6, 3, 32, 32, generator=generator)
+    loader = DataLoader(TensorDataset(images, torch.arange(6)), batch_size=4)
+    seen = []
+    for training in (True, False):
+        model = copy.deepcopy(mini).train(training)
+        model.visual.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+        running_mean = model.visual.bn1.running_mean.clone()
+        encode_images(model, loader, progress=False)
+        assert all(module.training == training for module in model.modules())
+        assert torch.equal(model.visual.bn1.running_mean, running_mean)  # BatchNorm statistics were not updated
+    assert seen == [False] * 4  # two batches per call, each encoded in eval mode
+
+
+def test_encode_images_gives_back_train_mode_when_a_batch_fails(mini):
+    class Broken(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            if index == 2:
+                raise OSError("image file is truncated")
+            return torch.zeros(3, 32, 32), index
+    model = copy.deepcopy(mini).train()
+    with pytest.raises(OSError, match="truncated"):
+        encode_images(model, DataLoader(Broken(), batch_size=2), progress=False)
+    assert all(module.training for module in model.modules())  # a later training step must not run in eval mode

@@ -43,6 +43,7 @@ def test_state_dict_checkpoint_round_trip(tmp_path, mini):
     assert loaded.visual.input_resolution == 32
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
 def test_jit_archive_loads_like_openais_files(tmp_path, mini, generator):
     """OpenAI ships traced (JIT) archives; a traced mini-CLIP stands in for one."""

@@ -51,6 +51,7 @@ def smoke_dirs(tmp_path_factory):
     return tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("outputs")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs_in_the_smoke_profile(path, smoke_dirs):
     data_dir, out_dir = smoke_dirs
@@ -72,6 +73,7 @@ def write_notebook(path, *sources):
     nbformat.write(notebook, path)
 
 
+@pytest.mark.slow
 def test_run_notebooks_summarises_and_names_the_failing_notebook_and_cell(tmp_path, capsys):
     folder = tmp_path / "notebooks"
     folder.mkdir()

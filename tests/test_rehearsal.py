@@ -37,6 +37,16 @@ def stand_ins(tmp_path_factory):
     return rehearsal.build(tmp_path_factory.mktemp("rehearsal-data"), sizes="smoke")
 
 
+@pytest.fixture(scope="session")
+def stand_in_datasets(tmp_path_factory):
+    """Only the CIFAR-10 and Caltech-256 stand-ins (no ViT-B/32 archive): what the dataset tests read."""
+    root = tmp_path_factory.mktemp("rehearsal-datasets")
+    sizes = rehearsal.SIZES["smoke"]
+    rehearsal.write_cifar10(root, sizes["cifar_train_per_class"], sizes["cifar_test_per_class"])
+    rehearsal.write_caltech256(root, sizes["caltech_per_class"], sizes["caltech_classes"])
+    return root
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Downloads fail as they do offline."""
@@ -68,32 +78,32 @@ def test_stand_in_weights_load_through_clip_load_only_with_the_switch(stand_ins,
     assert torch.equal(model.visual.conv1.weight, fp16.float())  # the very tensors of the archive
 
 
-def test_without_the_switch_cifar10_stand_ins_fail_like_a_missing_download(stand_ins, no_network, monkeypatch):
+def test_without_the_switch_cifar10_stand_in_datasets_fail_like_a_missing_download(stand_in_datasets, no_network, monkeypatch):
     monkeypatch.delenv(rehearsal.SKIP_CHECKSUMS, raising=False)
     with pytest.raises(RuntimeError, match="cs.toronto.edu.*PROFILE=offline"):
-        cifar10(stand_ins, train=False)
+        cifar10(stand_in_datasets, train=False)
 
 
-def test_cifar10_stand_ins_are_torchvision_files(stand_ins, switch_on, no_network):
-    test = cifar10(stand_ins, train=False)
+def test_cifar10_stand_in_datasets_are_torchvision_files(stand_in_datasets, switch_on, no_network):
+    test = cifar10(stand_in_datasets, train=False)
     assert test.classes == rehearsal.CIFAR10_LABEL_NAMES and len(test) == 20
-    with open(stand_ins / "cifar-10-batches-py" / "test_batch", "rb") as file:
+    with open(stand_in_datasets / "cifar-10-batches-py" / "test_batch", "rb") as file:
         entry = pickle.load(file, encoding="latin1")
     assert entry["data"].dtype == np.uint8 and entry["data"].shape == (20, 3072)
     first = np.asarray(test[0][0])  # torchvision's image is the row reshaped CHW -> HWC
     assert np.array_equal(first, entry["data"][0].reshape(3, 32, 32).transpose(1, 2, 0))
-    assert test.targets == entry["labels"] and len(cifar10(stand_ins, train=True)) == 20
+    assert test.targets == entry["labels"] and len(cifar10(stand_in_datasets, train=True)) == 20
 
 
-def test_caltech256_stand_ins_have_the_real_folders_and_skip_the_truncated_jpeg(stand_ins, no_network):
-    folders = sorted(p.name for p in (stand_ins / "caltech256" / "256_ObjectCategories").iterdir())
+def test_caltech256_stand_in_datasets_have_the_real_folders_and_skip_the_truncated_jpeg(stand_in_datasets, no_network):
+    folders = sorted(p.name for p in (stand_in_datasets / "caltech256" / "256_ObjectCategories").iterdir())
     assert len(folders) == 257 and folders[0] == "001.ak47" and folders[-1] == "257.clutter"
     assert "251.airplanes-101" in folders and sum(name.endswith("-101") for name in folders) == 30
     with pytest.warns(UserWarning, match="unreadable"):
-        dataset = caltech256(stand_ins)
+        dataset = caltech256(stand_in_datasets)
     assert [Path(p).name for p in dataset.skipped] == ["001_0002.jpg"]
     assert len(dataset.classes) == 257 and dataset.classes[250] == "airplanes"
-    with Image.open(stand_ins / "caltech256" / "256_ObjectCategories" / "002.american-flag" / "002_0001.jpg") as image:
+    with Image.open(stand_in_datasets / "caltech256" / "256_ObjectCategories" / "002.american-flag" / "002_0001.jpg") as image:
         assert image.mode == "L"  # stored grayscale, comes out RGB
     assert all(dataset[i][0].mode == "RGB" for i in range(len(dataset)))
 

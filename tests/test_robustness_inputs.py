@@ -11,6 +11,7 @@ from clip_helpers import train
 from clip_helpers.models import load_clip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["empty model", "empty history"])
 def test_a_damaged_cached_mini_clip_is_trained_again(tmp_path, damage):
     recipe = {**train.MINI_RECIPE, **train.SMOKE_RECIPE}

@@ -59,6 +59,7 @@ def steps(monkeypatch):
 
 # ---------------------------------------------------------------- 5. resume with changed settings
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused_naming_each_difference(mini, tiny_data, tmp_path):
     run(copy.deepcopy(mini), tiny_data, config_for(tmp_path, num_epochs=2, lr=1e-3))
     recorded = json.loads((tmp_path / "run.json").read_text())
@@ -103,6 +104,7 @@ def poison_validation_in_epoch(epoch, monkeypatch):
     monkeypatch.setattr(train, "validation_scores", poisoning)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("poison", [poison_weights_in_epoch, poison_validation_in_epoch])
 def test_a_nan_state_is_never_saved_and_the_message_names_the_last_good_checkpoint(poison, mini, tiny_data,
                                                                                       tmp_path, monkeypatch):
@@ -118,6 +120,7 @@ def test_a_nan_state_is_never_saved_and_the_message_names_the_last_good_checkpoi
 
 # ---------------------------------------------------------------- 8. a new run never overwrites a finished one
 
+@pytest.mark.slow
 def test_a_new_run_into_a_finished_run_is_refused_unless_overwrite(mini, tiny_data, tmp_path, steps):
     run(copy.deepcopy(mini), tiny_data, config_for(tmp_path, num_epochs=2))
     before = {name: (tmp_path / name).read_bytes() for name in ("checkpoint.pt", "model.pt", "history.csv", "run.json")}
@@ -145,6 +148,7 @@ def test_resume_of_a_run_that_does_not_exist_says_so(mini, tiny_data, tmp_path, 
 
 # ---------------------------------------------------------------- 9. two runs never share a folder
 
+@pytest.mark.slow
 def test_a_second_run_into_a_locked_folder_fails_at_once_naming_the_other_process(mini, tiny_data, tmp_path, steps):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom clip_helpers.checkpoints import lock\n"
@@ -183,6 +187,7 @@ def test_a_crafted_checkpoint_is_refused_not_run(mini, tiny_data, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_kits_own_checkpoint_loads_with_weights_only_and_restores_every_rng(mini, tiny_data, tmp_path):
     import random
 
@@ -197,6 +202,7 @@ def test_the_kits_own_checkpoint_loads_with_weights_only_and_restores_every_rng(
 
 # ---------------------------------------------------------------- 11. consistent after a failure at any instant
 
+@pytest.mark.slow
 def test_a_save_that_fails_half_way_leaves_the_last_epoch_whole_and_no_temporary_file(mini, tiny_data, tmp_path,
                                                                                         monkeypatch):
     original, calls = torch.save, {"n": 0}
@@ -224,6 +230,7 @@ def test_a_save_that_fails_half_way_leaves_the_last_epoch_whole_and_no_temporary
         assert torch.equal(weights[name], tensor), name
 
 
+@pytest.mark.slow
 def test_resume_repairs_a_model_file_left_ahead_by_a_kill_between_the_saves(mini, tiny_data, tmp_path):
     run(copy.deepcopy(mini), tiny_data, config_for(tmp_path, num_epochs=2), batch_size=24)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

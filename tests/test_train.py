@@ -13,7 +13,7 @@ from clip_helpers.train import SMOKE_RECIPE, TrainConfig, fine_tune, train_loade
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tiny_data():
     """24 train and 8 val random 32-px images of 4 classes: enough for the loop's mechanics."""
     generator = torch.Generator().manual_seed(1)
@@ -63,6 +63,7 @@ def test_loss_goes_down_on_a_fixed_batch(mini, tiny_data):
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
     whole = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "whole"))
 
@@ -84,6 +85,7 @@ def test_resumed_run_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
         torch.testing.assert_close(tensor, final[name], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(mini, tiny_data, tmp_path, monkeypatch):
     steps_per_epoch = 3  # 24 images, batch 8
     calls = {"training": 0}
@@ -160,6 +162,7 @@ def test_mini_clip_splits_never_share_an_image():
     assert len(class_names) == 36
 
 
+@pytest.mark.slow
 def test_train_mini_clip_smoke_recipe_trains_caches_and_reloads(tmp_path):
     model, preprocess, history = train.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
     files = sorted(p.name for p in tmp_path.iterdir())
@@ -171,6 +174,7 @@ def test_train_mini_clip_smoke_recipe_trains_caches_and_reloads(tmp_path):
         torch.testing.assert_close(again.state_dict()[name], tensor)
 
 
+@pytest.mark.slow
 def test_int8_evaluation_leaves_training_untouched_and_scores_close_to_fp32(tiny_data):
     from clip_helpers.models import build_random_clip
     fp32 = run(build_random_clip("mini-vit", seed=0).train(), tiny_data, config_for())
@@ -180,9 +184,89 @@ def test_int8_evaluation_leaves_training_untouched_and_scores_close_to_fp32(tiny
     assert int8["val_loss"].tolist() == pytest.approx(fp32["val_loss"].tolist(), rel=0.02)  # ...and is close
 
 
+@pytest.mark.slow
 def test_resume_with_another_number_of_epochs_is_refused_with_a_reason(mini, tiny_data, tmp_path):
     run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "run", num_epochs=1))
     with pytest.raises(ValueError, match=r"\(old -> new\): num_epochs: 1 -> 2\. .*new run"):
         run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "run", num_epochs=2, resume=True))
     resumed = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "run", num_epochs=1, resume=True))
     assert resumed["epoch"].tolist() == [1]  # the same plan resumes (here: nothing left to do)
+
+
+# ---------------------------------------------------------------- reduced precision and the scaler
+
+def one_step(mini, tiny_data, amp, scaler):
+    """(loss, the gradients the optimiser used [flat], the model) after one train_step from mini's weights."""
+    model = copy.deepcopy(mini).train()
+    images, labels = tiny_data[0].tensors
+    optimizer = train.make_optimizer(model, config_for(amp=amp))
+    loss = train.train_step(model, images[:8], labels[:8], [CLASS_NAMES[i] for i in labels[:8]], optimizer, scaler,
+                            amp=amp)
+    return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), model
+
+
+def test_only_fp16_gets_a_working_scaler():
+    assert train.make_scaler("cpu", "float16").is_enabled()
+    assert not train.make_scaler("cpu", "bfloat16").is_enabled() and not train.make_scaler("cpu", None).is_enabled()
+
+
+@pytest.fixture(scope="module")
+def fp32_step(mini, tiny_data):
+    """(loss, gradients) of one fp32 step: the reference for the reduced-precision steps."""
+    loss, grads, _ = one_step(mini, tiny_data, None, train.make_scaler("cpu", None))
+    return loss, grads
+
+
+@pytest.mark.parametrize("amp", ["bfloat16", "float16"])
+def test_a_reduced_precision_step_computes_in_it_and_uses_the_fp32_steps_gradients(mini, tiny_data, fp32_step, amp):
+    fp32_loss, fp32_grads = fp32_step
+    dtypes = []
+    hooked = copy.deepcopy(mini)
+    hooked.visual.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, enabled=amp == "float16")  # small enough not to overflow
+    loss, grads, model = one_step(hooked, tiny_data, amp, scaler)
+    assert dtypes == [getattr(torch, amp)]  # the image tower really ran in reduced precision
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+    assert loss != fp32_loss and loss == pytest.approx(fp32_loss, rel=0.02)
+    # The optimiser saw the true gradients, clipped: unscaled before clipping, not the scaled ones (norm 1/256).
+    assert grads.norm().item() == pytest.approx(fp32_grads.norm().item(), rel=0.05)
+    assert torch.nn.functional.cosine_similarity(grads, fp32_grads, dim=0) > 0.98
+    if amp == "float16":
+        assert scaler.get_scale() == 2.0 ** 8  # no overflow, no skipped step
+
+
+def test_an_fp16_overflow_skips_the_step_and_halves_the_scale(mini, tiny_data):
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)  # any gradient above 0.004 overflows fp16
+    _, _, model = one_step(mini, tiny_data, "float16", scaler)
+    assert scaler.get_scale() == 2.0 ** 23
+    before = dict(mini.named_parameters())
+    for name, parameter in model.named_parameters():  # (BatchNorm's running statistics move in any forward)
+        assert torch.equal(parameter, before[name]), name
+
+
+@pytest.mark.slow  # three fp16 training runs: fp16 is emulated on a CPU
+def test_a_resumed_fp16_run_restores_the_scalers_scale_and_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
+    config = dict(amp="float16", num_epochs=2)
+    whole = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "whole", **config))
+    whole_scale = train.load_checkpoint(tmp_path / "whole")["scaler"]["scale"]
+    assert whole_scale < 65536.0  # fp16 overflowed at the default scale, so the scaler's state really changed
+
+    train_set, val_set = tiny_data
+    crashing = CrashOnEpoch(train_loader_for(train_set, batch_size=8), epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(copy.deepcopy(mini), crashing, DataLoader(val_set, batch_size=8), config_for(tmp_path / "resumed", **config))
+    resumed = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "resumed", resume=True, **config))
+    assert train.load_checkpoint(tmp_path / "resumed")["scaler"]["scale"] == whole_scale
+    for column in ["train_loss", "val_loss", "val_top1", "lr"]:
+        assert resumed[column].tolist() == pytest.approx(whole[column].tolist(), rel=1e-6, abs=1e-9), column
+
+
+@pytest.mark.slow  # a training run first
+def test_resume_when_the_steps_per_epoch_change_is_refused_with_a_reason(mini, tiny_data, tmp_path):
+    """The saved schedule counts num_epochs x steps_per_epoch steps: another batch size would bend it."""
+    run(copy.deepcopy(mini), tiny_data, config_for(tmp_path, num_epochs=1))
+    train_set, val_set = tiny_data
+    smaller_batches = train_loader_for(train_set, batch_size=4)  # 24 images: 6 steps an epoch instead of 3
+    with pytest.raises(ValueError, match=r"batch_size: 8 -> 4; steps_per_epoch: 3 -> 6\."):
+        fine_tune(copy.deepcopy(mini), smaller_batches, DataLoader(val_set, batch_size=8),
+                  config_for(tmp_path, num_epochs=1, resume=True))

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -66,3 +68,36 @@ def test_classifier_inputs_that_would_silently_mislead_are_refused(mini, class_n
     with pytest.raises(error, match=match):
         build_classifier(mini, class_names, templates)
 
+
+
+# ---------------------------------------------------------------- classes without images, against sklearn
+
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, top_k_accuracy_score  # noqa: E402
+
+
+@pytest.mark.parametrize("n_classes, absent", [(7, [1, 4, 6]), (3, [2]), (4, [])])
+def test_scores_with_classes_that_have_no_images_match_sklearn(n_classes, absent, generator):
+    """Mean per-class recall averages the classes present; an absent class's row is zeros, and top-5 with
+    fewer than 5 classes counts every image."""
+    present = [label for label in range(n_classes) if label not in absent]
+    labels = torch.tensor(present * 4)[torch.randperm(4 * len(present), generator=generator)]
+    image_features = torch.randn(len(labels), 8, generator=generator)
+    classifier = torch.nn.functional.normalize(torch.randn(n_classes, 8, generator=generator), dim=-1)
+    result = scores(image_features, labels, classifier)
+
+    similarity = torch.nn.functional.normalize(image_features, dim=-1) @ classifier.T
+    predictions = similarity.argmax(dim=-1).numpy()
+    all_classes = list(range(n_classes))
+    if absent:  # some images are predicted as an absent class: the case where averaging over it would differ
+        assert set(predictions.tolist()) & set(absent)
+    assert result["top1"] == pytest.approx(100 * np.mean(predictions == labels.numpy()))
+    np.testing.assert_array_equal(result["confusion"], confusion_matrix(labels, predictions, labels=all_classes))
+    assert result["confusion"][absent].sum() == 0
+    with warnings.catch_warnings():  # sklearn warns about classes only predicted, and about k >= n_classes
+        warnings.simplefilter("ignore")
+        balanced = balanced_accuracy_score(labels, predictions)  # mean recall over the classes in y_true
+        top5 = top_k_accuracy_score(labels, similarity.numpy(), k=min(5, n_classes), labels=all_classes)
+    assert result["mean_per_class_recall"] == pytest.approx(100 * balanced)
+    assert result["top5"] == pytest.approx(100 * top5)
+    if n_classes < 5:
+        assert result["top5"] == 100.0
