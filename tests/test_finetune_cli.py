@@ -166,7 +166,7 @@ def run_notebooks_main():
     return module.main
 
 
-@pytest.mark.parametrize("argv, message", [(["--profile", "nonsense"], "argument --profile: invalid choice 'nonsense' (choose from auto, smoke"),
+@pytest.mark.parametrize("argv, message", [(["--profile", "nonsense"], "argument --profile: invalid choice: 'nonsense' (choose from auto, smoke"),
                                            (["--out", "{file}"], "argument --out: {file} is a file, not a folder"),
                                            (["--out", "{file}/sub"], "argument --out: {file} is a file, not a folder")])
 def test_run_notebooks_gives_argparse_messages(argv, message, tmp_path, capsys):
