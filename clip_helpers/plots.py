@@ -289,11 +289,14 @@ def similarity_bars(similarities, title, xlabel="cosine similarity"):
     return fig
 
 
-def lines(table, title, xlabel, ylabel, logx=False, styles=None):
-    """One line per DataFrame column against its index, with markers; `styles` maps column -> matplotlib fmt."""
+def lines(table, title, xlabel, ylabel, logx=False, styles=None, bands=None):
+    """One line per DataFrame column against its index, with markers; `styles` maps column -> matplotlib fmt,
+    `bands` maps column -> (low, high) arrays shaded around its line (e.g. the min and max over draws)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for column in table.columns:
-        ax.plot(table.index, table[column], (styles or {}).get(column, "o-"), label=str(column))
+        line, = ax.plot(table.index, table[column], (styles or {}).get(column, "o-"), label=str(column))
+        if column in (bands or {}):
+            ax.fill_between(table.index, *bands[column], color=line.get_color(), alpha=0.2, linewidth=0)
     if logx:
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(table.index), [str(x) for x in table.index])

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 MAX_ITER = 1000
 START_LOG10_C = np.arange(-6.0, 7.0, 2.0)  # the paper's seven starting points, two decades apart
@@ -41,12 +42,22 @@ def as_labels(labels) -> np.ndarray:
 def fit_logistic(image_features, labels, C: float, max_iter: int = MAX_ITER) -> LogisticRegression:
     """A LogisticRegression (L-BFGS, multinomial, L2 strength 1/C) fitted on the normalised features."""
     classifier = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter)
-    return classifier.fit(probe_inputs(image_features), as_labels(labels))
+    with warnings.catch_warnings(), one_thread():
+        # A 1-shot fit has as many classes as samples, which sklearn suspects is regression; here it is not.
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+        return classifier.fit(probe_inputs(image_features), as_labels(labels))
+
+
+def one_thread():
+    """Context: BLAS on one thread. L-BFGS on [n, dim] features does many tiny products; on a busy 2-core
+    machine a thread pool's start-up and waiting made a k-shot curve 10-50x slower than one thread."""
+    return threadpool_limits(limits=1)
 
 
 def probe_accuracy(classifier, image_features, labels) -> float:
     """Top-1 accuracy (percent) of a fitted probe on (image_features, labels)."""
-    predictions = classifier.predict(probe_inputs(image_features))
+    with one_thread():
+        predictions = classifier.predict(probe_inputs(image_features))
     return 100 * float(np.mean(predictions == as_labels(labels)))
 
 
@@ -54,7 +65,8 @@ def validation_loss(classifier, image_features, labels) -> float:
     """Mean cross-entropy (nats) of a fitted probe over the rows whose class it was trained on."""
     labels = as_labels(labels)
     known = np.isin(labels, classifier.classes_)
-    probabilities = classifier.predict_proba(probe_inputs(image_features)[known])
+    with one_thread():
+        probabilities = classifier.predict_proba(probe_inputs(image_features)[known])
     true = probabilities[np.arange(known.sum()), np.searchsorted(classifier.classes_, labels[known])]
     return float(-np.log(np.clip(true, np.finfo(np.float64).eps, None)).mean())  # sklearn.metrics.log_loss clips so too
 
@@ -148,6 +160,15 @@ def k_shot_draws(train_features, train_labels, val_features, val_labels, test_fe
     per class, so the curve is what k labelled images give when the regularisation is well tuned: an upper
     bound for a strict k-shot setting. Pass a fixed C to avoid it. Draw d of every k uses seed + d.
     """
+    draws = k_shot_draws_on(train_features, train_labels, val_features, val_labels,
+                            {"test": (test_features, test_labels)}, ks, n_draws, seed, C)
+    return draws.drop(columns="test set")
+
+
+def k_shot_draws_on(train_features, train_labels, val_features, val_labels, test_sets: dict,
+                    ks=K_SHOTS, n_draws: int = 5, seed: int = 0, C: float | None = None) -> pd.DataFrame:
+    """`k_shot_draws` scoring each probe on several test sets ({name: (image_features, labels)}): one row
+    per (k, draw, test set), with a "test set" column; the same probe is scored on every set."""
     train_features, train_labels = probe_inputs(train_features), as_labels(train_labels)
     rows = []
     for k in ks:
@@ -157,8 +178,9 @@ def k_shot_draws(train_features, train_labels, val_features, val_labels, test_fe
                 classifier, draw_C, _ = select_C(train_features[chosen], train_labels[chosen], val_features, val_labels)
             else:
                 classifier, draw_C = fit_logistic(train_features[chosen], train_labels[chosen], C), C
-            rows.append({"k": k, "draw": draw, "C": draw_C,
-                         "accuracy": probe_accuracy(classifier, test_features, test_labels)})
+            rows += [{"k": k, "draw": draw, "C": draw_C, "test set": name,
+                      "accuracy": probe_accuracy(classifier, features, labels)}
+                     for name, (features, labels) in test_sets.items()]
     return pd.DataFrame(rows)
 
 

@@ -2,8 +2,9 @@
 
 1. Fig 12: cosine similarities of five photos and five captions;
 2. zero-shot CIFAR-10 test accuracy with the 18-prompt ensemble (the paper reports 91.3% for ViT-B/32);
-3. fine-tuning on a Caltech-256 subset with the kit's loop, and Fig 10's two curves;
-4. outputs/results.md: the model printout and each number beside the report's and the paper's.
+3. a linear probe on CIFAR-10 (notebook 09) and text<->image recall@1/5/10 over CIFAR-10's test set (notebook 10);
+4. fine-tuning on a Caltech-256 subset with the kit's loop, and Fig 10's two curves;
+5. outputs/results.md: the model printout and each number beside the report's and the paper's.
 
 `--rehearsal` runs all of it on clip_helpers.rehearsal's stand-ins (random weights): `make rehearse`.
 
@@ -18,18 +19,19 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from . import plots, rehearsal
-from .data import caltech256, cifar10
+from . import plots, probe, rehearsal, retrieval
+from .data import caltech256, cifar10, split
 from .device import get_device
 from .features import encode_images
 from .finetune import fine_tune_on
 from .models import load_clip, model_summary
 from .similarity import similarity_matrix
-from .text import CIFAR10_CLASSES, CIFAR10_TEMPLATES
+from .text import CIFAR10_CLASSES, CIFAR10_TEMPLATES, encode_texts
 from .zeroshot import build_classifier, scores
 
 MODEL = "ViT-B/32"
 PAPER_CIFAR10_ZEROSHOT = 91.3  # Radford et al. 2021, ViT-B/32, zero-shot CIFAR-10 top-1 with prompt ensembling
+PAPER_CIFAR10_PROBE = 95.1  # Radford et al. 2021, Table 10, ViT-B/32 linear probe on CIFAR-10
 # Fig 12: scikit-image's bundled photos (no download), with captions in the style of openai/CLIP's demo notebook.
 FIG12 = [("astronaut", "a portrait of an astronaut with the American flag"),
          ("chelsea", "a facial photo of a tabby cat"),
@@ -78,6 +80,28 @@ def cifar10_zero_shot(model, dataset, batch_size, data_dir):
     return scores(image_features, labels, classifier)["top1"]
 
 
+def cifar10_probe_and_recall(model, preprocess, test_dataset, batch_size, data_dir, n_images):
+    """(linear-probe top-1 % on the test set, training images it used, recall DataFrame), as notebooks 09 and 10.
+
+    The probe: n_images CIFAR-10 training images (all when n_images >= 50,000; else a stratified sample), 10% of
+    them held back to choose C, then refitted on all of them with that C (probe.fit_probe(refit=True), the
+    paper's appendix A.3). Recall@k: the 18 templates x 10 classes as captions over the test images, a
+    caption's true partners all the images of its class.
+    """
+    cache_dir = Path(data_dir) / "features"
+    test_features, test_labels = encode_images(model, DataLoader(test_dataset, batch_size=batch_size), cache_dir=cache_dir)
+    pool = cifar10(data_dir, train=True, transform=preprocess)
+    if n_images < len(pool):
+        pool = split(pool, n_images / len(pool))[1]
+    parts = [encode_images(model, DataLoader(part, batch_size=batch_size), cache_dir=cache_dir) for part in split(pool, 0.1)]
+    classifier, _ = probe.fit_probe(*parts[0], *parts[1], refit=True)
+    texts = [template.format(name) for name in CIFAR10_CLASSES for template in CIFAR10_TEMPLATES]
+    text_labels = torch.arange(len(CIFAR10_CLASSES)).repeat_interleave(len(CIFAR10_TEMPLATES))
+    recall = retrieval.retrieval_scores(test_features, encode_texts(model, texts).float().cpu(), None,
+                                        text_to_image=retrieval.same_class(text_labels, test_labels))
+    return probe.probe_accuracy(classifier, test_features, test_labels), len(pool), recall
+
+
 # Published numbers, each with where it is published; everything else in results.md is computed by this run.
 REPORT = "CLIP Chronicles report"
 PAPER = "Radford et al. 2021"
@@ -87,6 +111,11 @@ PUBLISHED = {
     "context_length": ("printed, value not shown (" + REPORT + ", section 4.3)", "76 tokens, 'max sequence length was capped at 76' (" + PAPER + ", section 2.4)"),
     "vocab_size": ("printed, value not shown (" + REPORT + ", section 4.3)", "49,152 BPE tokens (" + PAPER + ", section 2.4)"),
     "zero_shot": ("not given (CIFAR-10 is described, no accuracy is stated)", f"{PAPER_CIFAR10_ZEROSHOT}% ({PAPER}, ViT-B/32, prompt ensembling)"),
+    "probe": ("not given", f"{PAPER_CIFAR10_PROBE}% ({PAPER}, Table 10, ViT-B/32, all 50,000 training images)"),
+    "probe_vs_zero_shot": ("not given", "zero-shot matches a 4-shot linear probe on average over the paper's datasets "
+                           f"({PAPER}, Fig 6); not given for CIFAR-10 alone"),
+    "recall": ("not given", "not comparable: the paper's retrieval numbers are on Flickr30k and MSCOCO, where each "
+               "caption belongs to one image"),
     "fig10": ("Fig 10: curves only, no numbers; its 'accuracy' is in-batch matching (" + REPORT + ", section 4.2)", "not reported"),
     "fig12": ("'the highest similarity between images and respective captions' (" + REPORT + ", Fig 12)", "-"),
 }
@@ -97,8 +126,11 @@ def markdown_table(header, rows):
     return lines + [f"| {' | '.join(str(cell) for cell in row)} |" for row in rows]
 
 
-def results_table(summary, zero_shot, history, similarity, fig12_hits, banner=None):
-    """outputs/results.md's text: the kit's numbers beside the report's and the paper's (PUBLISHED)."""
+def results_table(summary, zero_shot, history, similarity, fig12_hits, banner=None, probe_top1=None, recall=None):
+    """outputs/results.md's text: the kit's numbers beside the report's and the paper's (PUBLISHED).
+
+    probe_top1: (top-1 %, training images) of the CIFAR-10 linear probe; recall: retrieval_scores' DataFrame.
+    """
     kit = "kit (REHEARSAL: meaningless)" if banner else "kit"
     lines = [f"# clip-kit reproduction of the report's results{' - REHEARSAL' if banner else ''}", ""]
     if banner:
@@ -108,6 +140,15 @@ def results_table(summary, zero_shot, history, similarity, fig12_hits, banner=No
     rows += [("Zero-shot CIFAR-10 top-1, ViT-B/32, 18-prompt ensemble, whole test set", f"{zero_shot:.1f}%",
               *PUBLISHED["zero_shot"]),
              ("Fig 12: photos whose own caption is the most similar", f"{fig12_hits} / {len(FIG12)}", *PUBLISHED["fig12"])]
+    if probe_top1 is not None:
+        rows += [(f"Linear probe CIFAR-10 top-1, ViT-B/32, {probe_top1[1]:,} training images", f"{probe_top1[0]:.1f}%",
+                  *PUBLISHED["probe"]),
+                 ("Linear probe minus zero-shot, CIFAR-10 (points)", f"{probe_top1[0] - zero_shot:+.1f}",
+                  *PUBLISHED["probe_vs_zero_shot"])]
+    if recall is not None:
+        rows += [(f"CIFAR-10 test retrieval, {direction}, R@1 / R@5 / R@10 (caption partners: its class's images)",
+                  " / ".join(f"{value:.1f}%" for value in recall.loc[direction]), *PUBLISHED["recall"])
+                 for direction in recall.index]
     lines += markdown_table(["result", kit, "report", "paper"], rows)
     lines += ["", f"## Fig 10: fine-tuning on Caltech-256, per epoch ({kit})", "",
               f"Report: {PUBLISHED['fig10'][0]}. Paper: {PUBLISHED['fig10'][1]}.", ""]
@@ -132,6 +173,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-size", type=int, default=5000, help="Caltech-256 training images (report: ~5000)")
     parser.add_argument("--val-size", type=int, default=1000, help="Caltech-256 validation images (report: 1000)")
+    parser.add_argument("--probe-train-size", type=int, default=50000,
+                        help="CIFAR-10 training images for the linear probe (paper: all 50,000)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out-dir", default="outputs")
@@ -159,6 +202,10 @@ def main(argv=None):
     print(f"Fig 12: {fig12_hits}/{len(FIG12)} photos matched to their own caption")
     zero_shot = cifar10_zero_shot(model, cifar_test, 4 * args.batch_size, args.data_dir)
     print(f"zero-shot CIFAR-10 top-1: {zero_shot:.2f}% (paper: {PAPER_CIFAR10_ZEROSHOT}%)")
+    probe_top1, probe_images, recall = cifar10_probe_and_recall(model, preprocess, cifar_test, 4 * args.batch_size,
+                                                                args.data_dir, args.probe_train_size)
+    print(f"linear probe CIFAR-10 top-1: {probe_top1:.2f}% from {probe_images} training images "
+          f"(paper: {PAPER_CIFAR10_PROBE}% from 50,000)\n{recall.round(1)}")
     del model
     # resume="auto": a second `make reproduce` picks the fine-tuning run up where it stopped (or skips it).
     _, history = fine_tune_on(MODEL, "caltech256", args.epochs, args.batch_size, None, args.train_size,
@@ -168,7 +215,8 @@ def main(argv=None):
         rehearsal.stamp_figures(figures)
     results = Path(args.out_dir) / "results.md"
     partial = results.with_name(results.name + ".partial")
-    partial.write_text(results_table(summary, zero_shot, history, similarity, fig12_hits, banner))
+    partial.write_text(results_table(summary, zero_shot, history, similarity, fig12_hits, banner,
+                                     (probe_top1, probe_images), recall))
     os.replace(partial, results)
     print(results.read_text())
 

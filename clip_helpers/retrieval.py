@@ -72,14 +72,22 @@ def recall_at_k(similarity, positives, ks=RECALL_AT) -> dict[int, float]:
     return {k: 100 * (query_ranks < k).float().mean().item() for k in ks}
 
 
-def retrieval_scores(image_features, text_features, text_image_ids, ks=RECALL_AT) -> pd.DataFrame:
+def same_class(text_labels, image_labels) -> torch.Tensor:
+    """[n_texts, n_images] bool: a caption written for a class (not for one image) describes every image of it."""
+    text_labels, image_labels = torch.as_tensor(text_labels).long().cpu(), torch.as_tensor(image_labels).long().cpu()
+    return text_labels[:, None] == image_labels[None, :]
+
+
+def retrieval_scores(image_features, text_features, text_image_ids, ks=RECALL_AT, text_to_image=None) -> pd.DataFrame:
     """Recall@k (percent) both ways: rows "text->image" and "image->text", one column per k ("R@1", ...).
 
     text_image_ids[t] is the image that text t describes; an image may have several texts, and every image
-    needs at least one.
+    needs at least one. Or pass text_image_ids=None and text_to_image, a [n_texts, n_images] bool matrix of
+    true partners (e.g. `same_class`), where a text may have several images.
     """
     similarity = similarity_matrix(torch.as_tensor(image_features).float(), torch.as_tensor(text_features).float())
-    text_to_image = partners(text_image_ids, len(similarity))
+    if text_to_image is None:
+        text_to_image = partners(text_image_ids, len(similarity))
     rows = {"text->image": recall_at_k(similarity.T, text_to_image, ks),
             "image->text": recall_at_k(similarity, text_to_image.T, ks)}
     return pd.DataFrame({direction: {f"R@{k}": value for k, value in row.items()}

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from . import plots
+from .retrieval import top_hits
 from .similarity import similarity_matrix
 from .text import encode_texts
 
@@ -30,6 +31,25 @@ def caption_explorer(model, image_features, image_names, text="a photo of a cat"
     def draw(text):
         return plots.similarity_bars(text_to_images(model, image_features, image_names, text),
                                      title=f'similarity to "{text}"')
+    if not interactive:
+        return draw(text)
+    import ipywidgets
+
+    return ipywidgets.interact(lambda text: show(draw(text)), text=ipywidgets.Text(value=text, continuous_update=False))
+
+
+def top_images(model, image_features, text, k=8):
+    """(gallery indices, cosine similarities) of the k images most similar to `text`, best first."""
+    similarities = text_to_images(model, image_features, range(len(image_features)), text)
+    return top_hits(torch.tensor(similarities.values)[None, :], 0, k)
+
+
+def retrieval_explorer(model, image_features, images, text="a photo of a dog.", k=8, interactive=False):
+    """Type a query, see the k images of `images` most similar to it. Headless: the figure for `text`."""
+    def draw(text):
+        order, scores = top_images(model, image_features, text, k)
+        return plots.image_grid([images[i] for i in order.tolist()], [f"#{r + 1}: {s:.3f}" for r, s in enumerate(scores.tolist())],
+                                title=f'top {k} images for "{text}" (cosine similarity)')
     if not interactive:
         return draw(text)
     import ipywidgets

@@ -175,3 +175,17 @@ def test_run_notebooks_gives_argparse_messages(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         run_notebooks_main()([arg.format(file=file) for arg in argv])
     assert stop.value.code == 2 and message.format(file=file) in capsys.readouterr().err
+
+
+def test_reproduce_results_table_adds_the_probe_and_recall_rows():
+    from clip_helpers import reproduce
+    history = pd.DataFrame([{"epoch": 1, "train_loss": 2.5, "val_loss": 2.0, "val_top1": 80.0, "val_inbatch_acc": 12.5}])
+    summary = {"params": 151277313, "input_resolution": 224, "context_length": 77, "vocab_size": 49408}
+    recall = pd.DataFrame({"R@1": [70.0, 88.9], "R@5": [90.0, 100.0], "R@10": [95.5, 100.0]},
+                          index=["text->image", "image->text"])
+    table = reproduce.results_table(summary, 88.8, history, torch.eye(5), 5, probe_top1=(93.0, 50000), recall=recall)
+    assert "| Linear probe CIFAR-10 top-1, ViT-B/32, 50,000 training images | 93.0% | not given | 95.1% (" in table
+    assert "| Linear probe minus zero-shot, CIFAR-10 (points) | +4.2 |" in table  # 93.0 - 88.8
+    assert "text->image, R@1 / R@5 / R@10 (caption partners: its class's images) | 70.0% / 90.0% / 95.5% |" in table
+    assert "image->text" in table and "not comparable" in table
+    assert "Linear probe" not in reproduce.results_table(summary, 88.8, history, torch.eye(5), 5)

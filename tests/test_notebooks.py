@@ -22,6 +22,8 @@ EXPECTED_FIGURES = {
     "06_similarity_matrix": ["06_similarity_matrix", "06_softmax_per_image"],
     "07_zero_shot": ["07_prompt_ensembling", "07_confusion_matrix", "07_per_class_accuracy"],
     "08_mini_clip": ["08_mini_clip_training", "08_seen_vs_held_out"],
+    "09_linear_probe": ["09_k_shot_curve", "09_probe_vs_zero_shot"],
+    "10_retrieval_and_applications": ["10_recall_at_k", "10_gallery", "10_scene", "10_fig13_actions"],
 }
 
 

@@ -160,3 +160,32 @@ def test_interactive_explorers_build_widgets_without_a_frontend():
     explorer = widgets.temperature_explorer(torch.tensor([0.3, 0.2]), ["a", "b"], interactive=True)
     slider = explorer.widget.children[0]
     assert isinstance(slider, ipywidgets.FloatLogSlider) and slider.value == pytest.approx(100.0)
+
+
+def test_lines_shade_the_bands_between_low_and_high():
+    table = pd.DataFrame({"probe": [40.0, 55.0, 70.0], "zero-shot": [60.0, 60.0, 60.0]}, index=[1, 2, 4])
+    low, high = np.array([35.0, 50.0, 68.0]), np.array([45.0, 61.0, 73.0])
+    fig = plots.lines(table, "k-shot", "k", "top-1 (%)", logx=True, styles={"zero-shot": "--"},
+                      bands={"probe": (low, high)})
+    ax = fig.axes[0]
+    assert [line.get_linestyle() for line in ax.lines] == ["-", "--"]
+    assert len(ax.collections) == 1  # one band, for "probe" only
+    vertices = ax.collections[0].get_paths()[0].vertices
+    assert set(vertices[:, 1].round(6)) == set(np.concatenate([low, high]))
+
+
+def test_retrieval_explorer_headless_shows_the_top_images_of_its_query(mini):
+    from clip_helpers import widgets
+    from clip_helpers.text import encode_texts
+
+    image_features = torch.randn(6, mini.text_projection.shape[1], generator=torch.Generator().manual_seed(0))
+    images = [np.full((4, 4, 3), value, dtype=np.uint8) for value in range(0, 60, 10)]
+    order, scores = widgets.top_images(mini, image_features, "a green star.", k=3)
+    text_features = encode_texts(mini, ["a green star."])[0].detach()
+    cosines = torch.nn.functional.cosine_similarity(image_features, text_features[None, :], dim=1)
+    assert order.tolist() == torch.argsort(cosines, descending=True)[:3].tolist()
+    np.testing.assert_allclose(scores.numpy(), cosines[order].numpy(), rtol=1e-4, atol=1e-6)
+    fig = widgets.retrieval_explorer(mini, image_features, images, text="a green star.", k=3, interactive=False)
+    shown = [ax.images[0].get_array()[0, 0, 0] for ax in fig.axes if ax.images]
+    assert shown == [images[i][0, 0, 0] for i in order.tolist()]
+    assert "a green star." in fig._suptitle.get_text()

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,6 +132,31 @@ def test_k_shot_draws_select_C_on_validation_when_not_given(splits):
     _, C, _ = probe.select_C(train[chosen], train_labels[chosen], val, val_labels)
     assert draws["C"][0] == pytest.approx(C)
     assert isinstance(draws, pd.DataFrame) and len(draws) == 2
+
+
+def test_k_shot_draws_on_scores_each_probe_on_every_test_set(splits):
+    # Notebook 09 scores one probe per (k, draw) on seen and held-out pairs; each set's accuracy is that
+    # probe's, fitted directly with sklearn on the same draw.
+    (train, train_labels), (val, val_labels), (test, test_labels) = splits
+    first, second = test_labels < 2, test_labels >= 2
+    sets = {"a": (test[first], test_labels[first]), "b": (test[second], test_labels[second])}
+    draws = probe.k_shot_draws_on(train, train_labels, val, val_labels, sets, ks=(1, 3), n_draws=2, seed=5, C=2.0)
+    assert len(draws) == 2 * 2 * 2 and set(draws["test set"]) == {"a", "b"}
+    chosen = probe.k_shot_indices(train_labels, 3, seed=6)  # k=3, draw 1
+    direct = LogisticRegression(C=2.0, max_iter=1000).fit(unit(train[chosen]), train_labels.numpy()[chosen])
+    for name, (features, labels) in sets.items():
+        row = draws[(draws["k"] == 3) & (draws["draw"] == 1) & (draws["test set"] == name)]
+        expected = 100 * np.mean(direct.predict(unit(features)) == labels.numpy())
+        assert row["accuracy"].item() == pytest.approx(expected)
+    single = probe.k_shot_draws(train, train_labels, val, val_labels, *sets["b"], ks=(1, 3), n_draws=2, seed=5, C=2.0)
+    assert single["accuracy"].tolist() == draws[draws["test set"] == "b"]["accuracy"].tolist()
+
+
+def test_a_one_shot_fit_does_not_warn_about_regression():
+    features, labels = blobs(1, seed=0)  # as many classes as samples
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probe.fit_logistic(features, labels, C=1.0)
 
 
 def test_zeroshot_probe_predicts_like_zeroshot_logits(splits):

@@ -111,3 +111,23 @@ def test_bad_input_is_refused_with_a_reason():
         retrieval.ranks(torch.rand(2, 3), torch.eye(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="index the 3 images"):
         retrieval.partners([0, 3], 3)
+
+
+def test_same_class_partners_match_brute_force_with_several_images_per_caption():
+    # Captions written per class (templates x classes) over several images per class, as notebook 10 does.
+    generator = torch.Generator().manual_seed(3)
+    image_labels = torch.tensor([0, 1, 2, 0, 1, 2, 2, 0, 1])
+    text_labels = torch.arange(3).repeat_interleave(4)
+    centres = torch.randn(3, 6, generator=generator)
+    image_features = centres[image_labels] + 1.2 * torch.randn(9, 6, generator=generator)
+    text_features = centres[text_labels] + 1.2 * torch.randn(12, 6, generator=generator)
+    positives = retrieval.same_class(text_labels, image_labels)
+    assert positives.shape == (12, 9) and positives.sum().item() == 12 * 3  # each caption: its class's 3 images
+    table = retrieval.retrieval_scores(image_features, text_features, None, ks=(1, 2), text_to_image=positives)
+    unit = lambda x: x.double() / x.double().norm(dim=1, keepdim=True)  # noqa: E731
+    similarity = (unit(image_features) @ unit(text_features).T).numpy()
+    by_hand = text_labels.numpy()[:, None] == image_labels.numpy()[None, :]
+    for k in (1, 2):
+        assert table.loc["text->image", f"R@{k}"] == pytest.approx(brute_recall(similarity.T, by_hand, k))
+        assert table.loc["image->text", f"R@{k}"] == pytest.approx(brute_recall(similarity, by_hand.T, k))
+    assert 0 < table.loc["text->image", "R@1"] < 100
