@@ -1,6 +1,6 @@
 import torch
 
-from clip_helpers.text import (CIFAR10_CLASSES, CIFAR10_TEMPLATES, captions_from_labels, encode_texts,
+from clip_helpers.text import (CIFAR10_CLASSES, CIFAR10_TEMPLATES, texts_from_labels, encode_texts,
                                tokenize)
 
 TEXTS = ["a photo of a dog.", "cat", "a photo of a dog.", "a blurry photo of the big truck flying over a ship",
@@ -13,9 +13,9 @@ def test_cifar10_names_and_templates():
     assert all(t.count("{}") == 1 for t in CIFAR10_TEMPLATES)
 
 
-def test_captions_from_labels():
-    assert captions_from_labels(["cat", "dog"]) == ["cat", "dog"]  # the report's bare class names
-    assert captions_from_labels(["cat", "dog"], "a photo of a {}.", labels=[1, 1, 0]) == [
+def test_texts_from_labels():
+    assert texts_from_labels(["cat", "dog"]) == ["cat", "dog"]  # the report's bare class names
+    assert texts_from_labels(["cat", "dog"], "a photo of a {}.", labels=[1, 1, 0]) == [
         "a photo of a dog.", "a photo of a dog.", "a photo of a cat."]
 
 
