@@ -35,8 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-from clip_helpers import report, train  # noqa: E402
-from clip_helpers.device import autocast_dtype, cpu_has_bf16, get_device  # noqa: E402
+from clip_helpers import optim, recipes, report, train  # noqa: E402
+from clip_helpers.device import autocast_dtype, cpu_has_bf16, get_device, make_scaler  # noqa: E402
 from clip_helpers.features import encode_images  # noqa: E402
 from clip_helpers.models import build_random_clip  # noqa: E402
 from clip_helpers.quantize import int8_image_tower  # noqa: E402
@@ -111,7 +111,7 @@ def kit_step_for(base, device, images, labels, texts, amp):
     """(model, optimizer, step): a copy of `base`, its own fused AdamW, and one kit training step on it under `amp`."""
     model = copy.deepcopy(base).to(device).train()
     config = train.TrainConfig(class_names=CIFAR10_CLASSES, lr=5e-5, weight_decay=0.2, amp=amp)
-    optimizer, scaler = train.make_optimizer(model, config), train.make_scaler(device, amp)
+    optimizer, scaler = optim.make_optimizer(model, config), make_scaler(device, amp)
     return model, optimizer, lambda: train.train_step(model, images, labels, texts, optimizer, scaler, amp=amp)
 
 
@@ -221,17 +221,16 @@ def step_gflop(step):
 def precision_comparison():
     """Seen- and held-out-pair zero-shot top-1 of mini-CLIP trained with the kit's loop in fp32 and under bf16
     autocast (what the kit uses on GPUs; on a CPU without bf16 hardware it is emulated: slow, same rounding)."""
-    from clip_helpers.train import train_mini_clip
     result = {}
     for amp in (None, "bfloat16"):
         start = time.perf_counter()
-        _, _, history = train_mini_clip({"amp": amp}, progress=False)
+        _, _, history = recipes.train_mini_clip({"amp": amp}, progress=False)
         last = history.iloc[-1]
         name = amp or "float32"
-        result[name] = {"seen_top1": round(float(last["val_top1"]), 2), "heldout_top1": round(float(last["heldout_top1"]), 2),
+        result[name] = {"seen_top1": round(float(last["val_top1"]), 2), "held_out_top1": round(float(last["held_out_top1"]), 2),
                         "train_loss": round(float(last["train_loss"]), 4), "seconds": round(time.perf_counter() - start, 1)}
         print(f"mini-CLIP on shapes, {name:8s}: seen pairs {last['val_top1']:6.2f}%  held-out pairs "
-              f"{last['heldout_top1']:6.2f}%  final train loss {last['train_loss']:.4f}")
+              f"{last['held_out_top1']:6.2f}%  final train loss {last['train_loss']:.4f}")
     result["seen_top1_difference"] = round(result["bfloat16"]["seen_top1"] - result["float32"]["seen_top1"], 2)
     return result
 
@@ -257,17 +256,17 @@ def predictions(model, dataset, classifier):
 
 def accuracy_comparison(patch_keep=0.5):
     """The two speed-ups that are not exact, on the ViT mini-CLIP trained on shapes with the kit's loop
-    (train.MINI_VIT_RECIPE): int8 evaluation of the trained model against fp32, on the same images; and
+    (recipes.MINI_VIT_RECIPE): int8 evaluation of the trained model against fp32, on the same images; and
     training with half the patches dropped against training with all of them."""
-    recipe = train.MINI_VIT_RECIPE
-    model, preprocess, history = train.train_mini_clip(recipe, progress=False)
+    recipe = recipes.MINI_VIT_RECIPE
+    model, preprocess, history = recipes.train_mini_clip(recipe, progress=False)
     int8_model = int8_image_tower(model)
-    _, val, heldout, class_names = train.shapes_splits(recipe, preprocess)
+    _, val, held_out, class_names = recipes.shapes_splits(recipe, preprocess)
     # More images of every pair, none of them trained on, so a difference of one point is 18 images.
-    fresh = train.rendered(ShapesDataset("all", n_per_class=50, seed=recipe["seed"] + 1, transform=preprocess))
+    fresh = recipes.rendered(ShapesDataset("all", n_per_class=50, seed=recipe["seed"] + 1, transform=preprocess))
     classifier = build_classifier(model, class_names, SHAPES_TEMPLATES)
     result = {}
-    for name, dataset in {"seen_val": val, "heldout": heldout, "fresh_all_pairs": fresh}.items():
+    for name, dataset in {"seen_val": val, "held_out": held_out, "fresh_all_pairs": fresh}.items():
         (fp32, labels), (int8, _) = predictions(model, dataset, classifier), predictions(int8_model, dataset, classifier)
         row = {"n": len(labels), "fp32_top1": 100 * (fp32 == labels).float().mean().item(),
                "int8_top1": 100 * (int8 == labels).float().mean().item(),
@@ -278,15 +277,15 @@ def accuracy_comparison(patch_keep=0.5):
     start = time.perf_counter()
     dropped = build_random_clip("mini-vit", seed=recipe["seed"])
     dropped.visual.ln_pre.register_forward_pre_hook(drop_patches(patch_keep))
-    dropped_history = train.fit_on_shapes(dropped, recipe, progress=False)
+    dropped_history = recipes.fit_on_shapes(dropped, recipe, progress=False)
     for name, h in (("all patches", history), (f"{patch_keep:.0%} of patches", dropped_history)):
         print(f"ViT mini-CLIP trained on {name:15s}: seen pairs {h['val_top1'].iloc[-1]:6.2f}%  "
-              f"held-out pairs {h['heldout_top1'].iloc[-1]:6.2f}%")
+              f"held-out pairs {h['held_out_top1'].iloc[-1]:6.2f}%")
     result["patch_dropout"] = {"keep": patch_keep, "seconds": round(time.perf_counter() - start, 1),
                                "seen_top1": round(float(dropped_history["val_top1"].iloc[-1]), 2),
-                               "heldout_top1": round(float(dropped_history["heldout_top1"].iloc[-1]), 2),
+                               "held_out_top1": round(float(dropped_history["held_out_top1"].iloc[-1]), 2),
                                "all_patches_seen_top1": round(float(history["val_top1"].iloc[-1]), 2),
-                               "all_patches_heldout_top1": round(float(history["heldout_top1"].iloc[-1]), 2)}
+                               "all_patches_held_out_top1": round(float(history["held_out_top1"].iloc[-1]), 2)}
     return result
 
 

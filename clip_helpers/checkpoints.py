@@ -10,20 +10,20 @@ A run folder (e.g. data/runs/<run>/) holds
 Every file is written to a temporary file, fsynced and renamed; .pt files are loaded with weights_only=True.
 """
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import pickle
-import random
 import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
+
+from .files import save_atomically, sha256_of, write_text_atomically
+from .seeds import rng_states
 
 try:
     import fcntl
@@ -37,64 +37,7 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (taken, busy, unwritable, another run's); the message says what to do."""
 
 
-# ---------------------------------------------------------------- random number generators, as plain types
-
-def rng_states():
-    """torch's, numpy's and python's RNG states as tensors, ints and tuples: a weights_only load accepts them."""
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-            "python": (version, tuple(internal), gauss_next),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng_states(states):
-    torch.set_rng_state(states["torch"])
-    numpy = states["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                         numpy["cached_gaussian"]))
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 # ---------------------------------------------------------------- files
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_atomically(path, write):
-    """Call write(file) on a temporary file, fsync it and rename it to `path`: a reader sees the old file or
-    the new one, never half of one. The temporary file is removed if anything fails (a full disk, Ctrl-C)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def save_atomically(obj, path):
-    """torch.save(obj) to `path` atomically; returns the sha256 of the file written."""
-    write_atomically(path, lambda file: torch.save(obj, file))
-    return sha256_of(path)
-
-
-def write_text_atomically(path, text):
-    write_atomically(path, lambda file: file.write(text.encode()))
-
 
 def load_weights_only(path):
     """torch.load(weights_only=True), refusing with a message a file that is not a kit checkpoint or is damaged."""

@@ -13,6 +13,8 @@ import torchvision
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from .downloads import checksums_skipped
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LAYOUT = "root/<NNN.class_name>/<images>, e.g. 256_ObjectCategories/001.ak47/001_0001.jpg"
 # torchvision hard-codes this inside Caltech256.download() instead of exposing a `url` attribute.
@@ -64,8 +66,6 @@ def open_or_explain(dataset_class, url, folder, **kwargs):
 
 def cifar10(root="data", train=True, transform=None, download=True):
     """torchvision's CIFAR-10 (50,000 train / 10,000 test images, 32x32), downloaded into root/cifar-10-batches-py."""
-    from .rehearsal import checksums_skipped
-
     cls = torchvision.datasets.CIFAR10
     if checksums_skipped():
         cls = CIFAR10WithoutChecksums
@@ -75,7 +75,7 @@ def cifar10(root="data", train=True, transform=None, download=True):
 
 class CIFAR10WithoutChecksums(torchvision.datasets.CIFAR10):
     """torchvision's CIFAR10 with the md5s set to None: files must exist, their contents are not checked.
-    Used only for the rehearsal's stand-ins (clip_helpers.rehearsal.checksums_skipped)."""
+    Used only for the rehearsal's stand-ins (clip_helpers.downloads.checksums_skipped)."""
     train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
     test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
     meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
@@ -246,7 +246,7 @@ def warn_about_classes(root, folders, classes, targets):
                       f"refuses them and training cannot tell them apart. Rename or merge those folders.", stacklevel=3)
 
 
-def targets_of(dataset):
+def targets_of(dataset) -> list[int]:
     """Labels of every item as a list of ints, read from the dataset's label list instead of decoding images."""
     if isinstance(dataset, Subset):
         labels = targets_of(dataset.dataset)
@@ -257,7 +257,14 @@ def targets_of(dataset):
     return [int(label) for _, label in dataset]  # any other dataset: decode everything, slowly but correctly
 
 
-def split(dataset, val_fraction, seed=0):
+def classes_of(dataset) -> list[str]:
+    """The class names of a dataset or of the dataset under a Subset."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return list(dataset.classes)
+
+
+def split(dataset, val_fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
     """(train, val) Subsets: disjoint, together the whole dataset, each class split in the same proportion.
 
     Every class with at least two items gets at least one in each part, so per-class validation scores exist.
@@ -276,3 +283,20 @@ def split(dataset, val_fraction, seed=0):
         val.extend(indices[:n_val].tolist())
         train.extend(indices[n_val:].tolist())
     return Subset(dataset, sorted(train)), Subset(dataset, sorted(val))
+
+
+def per_class_subset(dataset, n_per_class: int | None, seed: int = 0):
+    """Subset with (up to) n_per_class random items of every class, in dataset order; None: the whole dataset."""
+    if n_per_class is None:
+        return dataset
+    labels = np.array(targets_of(dataset))
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == label))[:n_per_class] for label in np.unique(labels)]
+    return Subset(dataset, sorted(np.concatenate(keep).tolist()))
+
+
+def random_subset(dataset, size: int | None, seed: int = 0):
+    """`size` items of `dataset` drawn at random (all of them when size is None or larger)."""
+    if size is None or size >= len(dataset):
+        return dataset
+    return Subset(dataset, np.random.default_rng(seed).permutation(len(dataset))[:size].tolist())

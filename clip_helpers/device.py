@@ -1,15 +1,15 @@
-"""Where tensors live and which reduced precision is worth using there."""
+"""Where tensors live and which reduced precision is worth using there (autocast, and the fp16 gradient scaler)."""
 import contextlib
 
 import torch
 
 
-def get_device():
+def get_device() -> str:
     """"cuda" when a GPU is visible, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cpu_has_bf16():
+def cpu_has_bf16() -> bool:
     """True when the CPU multiplies bf16 in hardware; emulated bf16 is slower than fp32."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -19,7 +19,7 @@ def cpu_has_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(device):
+def autocast_dtype(device) -> torch.dtype | None:
     """The dtype autocast should use on `device`, or None where fp32 is the fastest honest choice."""
     device = str(device)
     if device.startswith("cuda"):
@@ -29,9 +29,26 @@ def autocast_dtype(device):
     return None
 
 
-def autocast(device, enabled=True, dtype=None):
+def autocast(device, enabled: bool = True, dtype: torch.dtype | None = None):
     """torch.autocast with `dtype` (default: the choice above), or a no-op context where there is none."""
     dtype = (dtype or autocast_dtype(device)) if enabled else None
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=str(device).split(":")[0], dtype=dtype)
+
+
+def amp_dtype(device, amp: str | None) -> torch.dtype | None:
+    """The autocast dtype for a training setting: "auto" (the choice above), None (fp32), "bfloat16" or "float16"."""
+    if amp == "auto":
+        return autocast_dtype(device)
+    return None if amp is None else getattr(torch, amp)
+
+
+def amp_context(device, amp: str | None):
+    return autocast(device, enabled=amp is not None, dtype=amp_dtype(device, amp))
+
+
+def make_scaler(device, amp: str | None) -> torch.amp.GradScaler:
+    """A GradScaler that only acts under fp16, whose small range would flush small gradients to zero."""
+    device_type = str(device).split(":")[0]
+    return torch.amp.GradScaler(device_type, enabled=amp_dtype(device, amp) == torch.float16)

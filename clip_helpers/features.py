@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .device import autocast, autocast_dtype
 from .shapes import ShapesDataset
+from .text import encode_texts
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -213,3 +214,11 @@ def encode_images(model, loader, cache_dir=None, cache_label: str | None = None,
     elif path is not None:
         save_cache(path, key, image_features, labels)
     return image_features, labels
+
+
+@torch.no_grad()
+def encode_images_and_texts(model, preprocess, images: list, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image_features, text_features), unnormalised, float32 on the CPU, for a few PIL images and texts."""
+    device = model.positional_embedding.device
+    image_features = model.encode_image(torch.stack([preprocess(image) for image in images]).to(device))
+    return image_features.float().cpu(), encode_texts(model, texts).float().cpu()

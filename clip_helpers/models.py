@@ -4,7 +4,6 @@ Every model leaves here in fp32 and eval mode. `clip.load` keeps CUDA models in 
 inference but breaks a training loop (Adam on fp16 weights underflows); that is why the report had to
 cast the model back and forth around every optimizer step.
 """
-import os
 import pickle
 import re
 import urllib.error
@@ -13,10 +12,12 @@ from pathlib import Path
 
 import clip
 import torch
-from clip.clip import _MODELS, _transform
+# clip has no public name for its image transform (clip.load returns it, but only with a model): one wrapper, here.
+from clip.clip import _transform
 from clip.model import CLIP, build_model
 
 from .device import get_device
+from .downloads import checksums_skipped, weights_file, weights_url
 
 # Small enough to train from scratch on 2 CPU cores in minutes. Text heads follow clip's
 # build_model rule (width // 64) so a saved state dict loads back through load_clip.
@@ -45,28 +46,19 @@ OFFLINE_HINT = ("Without internet, use the kit's own model: load_clip('mini'), o
                 "with PROFILE=offline (mini-CLIP trained on clip_helpers.shapes).")
 
 
-def preprocess_for(resolution):
+def preprocess_for(resolution: int):
     """clip's own image transform (resize, centre crop, RGB, normalise) at `resolution` pixels."""
     return _transform(resolution)
 
 
-def build_random_clip(name="mini", seed=0):
+def build_random_clip(name: str = "mini", seed: int = 0) -> CLIP:
     """A randomly initialised CLIP of a named architecture (ARCHITECTURES), the same for a given seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return CLIP(**ARCHITECTURES[name]).float().eval()
 
 
-def weights_file(name, download_root="data/weights"):
-    """Where `clip.load(name, download_root=...)` keeps that model's file."""
-    return Path(download_root) / os.path.basename(_MODELS[name])
-
-
-def weights_cached(name, download_root="data/weights"):
-    return name in _MODELS and weights_file(name, download_root).is_file()
-
-
-def load_clip(name_or_path, device=None, download_root="data/weights"):
+def load_clip(name_or_path: str, device=None, download_root="data/weights") -> tuple[CLIP, object]:
     """(model, preprocess) for a pretrained name, "mini", or a checkpoint file; the model is fp32.
 
     Names are clip.available_models() (downloaded once into `download_root`). A path may be one of
@@ -75,7 +67,7 @@ def load_clip(name_or_path, device=None, download_root="data/weights"):
     device = device or get_device()
     if name_or_path == "mini":
         model = build_random_clip("mini")
-    elif name_or_path in _MODELS:
+    elif name_or_path in clip.available_models():
         model = load_pretrained(name_or_path, download_root)
     elif Path(name_or_path).is_file():
         model = load_checkpoint(name_or_path)
@@ -87,8 +79,6 @@ def load_clip(name_or_path, device=None, download_root="data/weights"):
 
 
 def load_pretrained(name, download_root):
-    from .rehearsal import checksums_skipped
-
     source = name
     if weights_file(name, download_root).is_file() and checksums_skipped():
         source = str(weights_file(name, download_root))  # clip.load checks a file's SHA256 only when given the name
@@ -96,7 +86,7 @@ def load_pretrained(name, download_root):
         model, _ = clip.load(source, device="cpu", jit=False, download_root=str(download_root))
     except (urllib.error.URLError, OSError) as error:
         raise RuntimeError(
-            f"Could not download the {name} weights from {_MODELS[name]} ({error}). Expected the file "
+            f"Could not download the {name} weights from {weights_url(name)} ({error}). Expected the file "
             f"{weights_file(name, download_root)} in the cache folder {download_root}/: connect to the "
             f"internet once, or copy the file there by hand. {OFFLINE_HINT}") from error
     return model
@@ -105,28 +95,6 @@ def load_pretrained(name, download_root):
 WHAT_LOADS = ("load_clip reads OpenAI's TorchScript archives and state dicts saved with "
               "torch.save(model.state_dict(), path). In a run folder, model.pt holds the weights; checkpoint.pt "
               "is the training state and history.csv the metrics.")
-
-
-def archive_problem(path) -> str | None:
-    """None when `path` is a complete zip archive written by torch (TorchScript or torch.save), else what is wrong.
-
-    Cheap: reads the zip's directory at the end of the file, so a zero-byte or truncated download shows.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as error:
-        return f"it cannot be read ({error})"
-    if size == 0:
-        return "it is empty (0 bytes), probably from an interrupted download or save"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as error:
-        return f"it is not a complete zip archive as torch writes them ({size:,} bytes; {error}): truncated or damaged"
-    if not any(name.endswith("data.pkl") for name in names):
-        return "it is a zip archive, but not one written by torch (no data.pkl)"
-    return None
 
 
 def text_start(path) -> str:
@@ -188,7 +156,7 @@ def load_checkpoint(path):
     return model
 
 
-def model_summary(model):
+def model_summary(model) -> dict[str, int]:
     """The four numbers the report prints for its model."""
     return {
         "params": sum(p.numel() for p in model.parameters()),

@@ -3,12 +3,14 @@
 Nothing else in the package draws. Functions never call plt.show(); a notebook displays the returned
 figure, and save_figure writes it as a PNG.
 """
+import textwrap
 from pathlib import Path
 
 import matplotlib
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -56,16 +58,9 @@ def image_grid(images, captions=None, ncols=8, title=None, size=1.6):
     return fig
 
 
-def wrap(text, width):
-    """Break text into lines of about `width` characters at spaces (captions under thumbnails)."""
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return "\n".join(lines + [line])
+def wrap(text: str, width: int) -> str:
+    """Break text into lines of about `width` characters at spaces, never inside a word (captions under thumbnails)."""
+    return textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False)
 
 
 def convolution_figure(image, kernel, response, title="A horizontal-line kernel slid over a photo"):
@@ -181,15 +176,11 @@ def softmax_bars(probabilities, images, class_names, top_k=5, labels=None, title
 def temperature_figure(similarities, texts, logit_scales, title="The temperature sharpens the softmax"):
     """Softmax over one image's similarities to `texts`, once per logit_scale, as grouped bars."""
     similarities = torch.as_tensor(similarities, dtype=torch.float32)
+    probabilities = pd.DataFrame({f"logit_scale = {scale:.3g}": (scale * similarities).softmax(dim=-1).numpy()
+                                  for scale in logit_scales}, index=[wrap(str(t), 16) for t in texts])
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(texts) + 2), 4))
-    width = 0.8 / len(logit_scales)
-    for j, scale in enumerate(logit_scales):
-        probabilities = (scale * similarities).softmax(dim=-1).numpy()
-        ax.bar(np.arange(len(texts)) + (j - (len(logit_scales) - 1) / 2) * width, probabilities, width,
-               label=f"logit_scale = {scale:.3g}")
-    ax.set_xticks(range(len(texts)), [wrap(str(t), 16) for t in texts], fontsize=8)
+    probabilities.plot.bar(ax=ax, width=0.8, rot=0, fontsize=8)
     ax.set(ylabel="probability", ylim=(0, 1), title=title)
-    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -257,14 +248,10 @@ def per_class_accuracy(confusion, class_names, title="Per-class accuracy (recall
 def accuracy_bars(table, title, ylabel="accuracy (%)"):
     """Grouped bars from a DataFrame: one group per row (index), one bar per column, values on top."""
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table) + 2), 4))
-    width = 0.8 / len(table.columns)
-    for j, column in enumerate(table.columns):
-        positions = np.arange(len(table)) + (j - (len(table.columns) - 1) / 2) * width
-        bars = ax.bar(positions, table[column], width, label=str(column))
+    table.set_axis([str(i) for i in table.index]).plot.bar(ax=ax, width=0.8, rot=0)
+    for bars in ax.containers:
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(range(len(table)), [str(i) for i in table.index])
     ax.set(ylabel=ylabel, ylim=(0, 110), title=title)
-    ax.legend()
     fig.tight_layout()
     return fig
 

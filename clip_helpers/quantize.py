@@ -98,7 +98,7 @@ def int8_image_tower(model):
     """A copy of `model` (CPU, eval mode) whose ViT image tower runs its linear layers in int8; it shares the fp32 text tower.
 
     Use it for the images of a zero-shot evaluation; build the classifier from either copy (same text
-    tower). Making the copy takes about 1 s for ViT-B/32, so make it once per evaluation, not per batch.
+    tower). Making the copy takes a while (the README gives the time for ViT-B/32), so make it once per evaluation, not per batch.
     """
     if model.positional_embedding.device.type != "cpu":
         raise ValueError("int8_image_tower is for CPUs; on a GPU use autocast (clip_helpers.device.autocast).")

@@ -8,7 +8,8 @@
   images and one truncated JPEG among procedural pictures.
 
 Only the downloads' checksums differ from the real files, so only the checksum checks are bypassed, and only
-while the environment variable SKIP_CHECKSUMS names is "1" (read in checksums_skipped(), nowhere else).
+while the environment variable downloads.SKIP_CHECKSUMS names is "1" (read in downloads.checksums_skipped(), nowhere
+else).
 Everything after the checksum is the code users run. Numbers computed on these stand-ins mean nothing.
 """
 import json
@@ -18,10 +19,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
+from clip.model import convert_weights
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-SKIP_CHECKSUMS = "CLIP_KIT_REHEARSAL_SKIP_CHECKSUMS"
+from .downloads import weights_file
+from .models import build_random_clip
+from .shapes import COLOURS, SHAPES, draw_shape
+
 BANNER = ("REHEARSAL on stand-ins: a randomly initialised ViT-B/32 and procedural images in the downloads' formats. "
           "Its numbers mean nothing; it only shows that every step of the online path runs.")
 
@@ -61,21 +67,8 @@ SIZES = {
 }
 
 
-def checksums_skipped() -> bool:
-    """True only while CLIP_KIT_REHEARSAL_SKIP_CHECKSUMS=1: the one switch that lets stand-ins pass the checksum checks."""
-    skipped = os.environ.get(SKIP_CHECKSUMS) == "1"
-    if skipped:
-        warnings.warn(f"{SKIP_CHECKSUMS}=1: download checksums are not checked (rehearsal on stand-ins)", stacklevel=3)
-    return skipped
-
-
 def write_weights(path: Path, seed: int = 0) -> Path:
     """A random ViT-B/32 saved as OpenAI's files are: a traced TorchScript archive whose weights are fp16."""
-    import torch
-    from clip.model import convert_weights
-
-    from .models import build_random_clip
-
     model = build_random_clip("ViT-B/32", seed=seed)
     convert_weights(model)  # the dtypes clip's build_model gives; OpenAI's archives hold fp16 weights
     image = torch.zeros(1, 3, 224, 224, dtype=torch.float16)
@@ -91,8 +84,6 @@ def write_weights(path: Path, seed: int = 0) -> Path:
 
 def picture(label: int, size: int, rng: np.random.Generator) -> Image.Image:
     """A procedural RGB picture: one of the kit's coloured shapes, chosen by the label, on a noisy background."""
-    from .shapes import COLOURS, SHAPES, draw_shape
-
     return draw_shape(COLOURS[label % len(COLOURS)], SHAPES[(label // len(COLOURS)) % len(SHAPES)], size, rng)
 
 
@@ -161,8 +152,6 @@ def build(root="rehearsal-data", sizes: str | None = None, seed: int = 0) -> Pat
     sized = SIZES[sizes]
     write_cifar10(root, sized["cifar_train_per_class"], sized["cifar_test_per_class"], seed)
     write_caltech256(root, sized["caltech_per_class"], sized["caltech_classes"], seed)
-    from .models import weights_file
-
     weights = weights_file("ViT-B/32", root / "weights")
     if not weights.is_file():
         write_weights(weights, seed)

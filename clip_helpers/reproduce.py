@@ -22,9 +22,11 @@ from torch.utils.data import DataLoader
 from . import plots, probe, rehearsal, retrieval
 from .data import caltech256, cifar10, split
 from .device import get_device
+from .downloads import SKIP_CHECKSUMS
 from .features import encode_images
-from .finetune import fine_tune_on
 from .models import load_clip, model_summary
+from .photos import photo, photo_descriptions
+from .recipes import fine_tune_on
 from .similarity import similarity_matrix
 from .text import CIFAR10_CLASSES, CIFAR10_TEMPLATES, encode_texts
 from .zeroshot import build_classifier, scores
@@ -32,12 +34,8 @@ from .zeroshot import build_classifier, scores
 MODEL = "ViT-B/32"
 PAPER_CIFAR10_ZEROSHOT = 91.3  # Radford et al. 2021, ViT-B/32, zero-shot CIFAR-10 top-1 with prompt ensembling
 PAPER_CIFAR10_PROBE = 95.1  # Radford et al. 2021, Table 10, ViT-B/32 linear probe on CIFAR-10
-# Fig 12: scikit-image's bundled photos (no download), with captions in the style of openai/CLIP's demo notebook.
-FIG12 = [("astronaut", "a portrait of an astronaut with the American flag"),
-         ("chelsea", "a facial photo of a tabby cat"),
-         ("coffee", "a cup of coffee on a saucer"),
-         ("rocket", "a rocket standing on a launchpad"),
-         ("horse", "a black-and-white silhouette of a horse")]
+# Fig 12: five of scikit-image's bundled photos (no download), captioned with their descriptions in photos.PHOTOS.
+FIG12 = ("astronaut", "chelsea", "coffee", "rocket", "horse")
 
 
 def pretrained_or_exit(device, download_root):
@@ -60,11 +58,8 @@ def datasets_or_exit(data_dir, preprocess):
 @torch.no_grad()
 def fig12_similarity(model, preprocess, out_dir):
     """(similarity [5, 5], number of images whose own caption scores highest), and the figure as a PNG."""
-    import skimage.data
-    from PIL import Image
-    from .text import encode_texts
-    images = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name, _ in FIG12]
-    texts = [caption for _, caption in FIG12]
+    images = [photo(name) for name in FIG12]
+    texts = photo_descriptions(FIG12)
     device = model.positional_embedding.device
     image_features = model.encode_image(torch.stack([preprocess(image) for image in images]).to(device))
     similarity = similarity_matrix(image_features.float(), encode_texts(model, texts).float()).cpu()
@@ -159,9 +154,8 @@ def results_table(summary, zero_shot, history, similarity, fig12_hits, banner=No
                              for _, row in history.iterrows()])
     lines += ["", f"## Fig 12: cosine similarity of five photos (rows) and five captions (columns) ({kit})", "",
               f"Report: {PUBLISHED['fig12'][0]}; no values are printed.", ""]
-    captions = [caption for _, caption in FIG12]
-    lines += markdown_table(["photo"] + captions,
-                            [[name] + [f"{value:.3f}" for value in row] for (name, _), row in zip(FIG12, similarity.tolist())])
+    lines += markdown_table(["photo"] + photo_descriptions(FIG12),
+                            [[name] + [f"{value:.3f}" for value in row] for name, row in zip(FIG12, similarity.tolist())])
     lines += ["", "Figures: figures/fig10_training.png, figures/fig12_similarity.png (beside this file).",
               f"Per-epoch history: {len(history)} rows in the fine-tuning run's history.csv."]
     return "\n".join(lines) + "\n"
@@ -189,7 +183,7 @@ def main(argv=None):
     banner = None
     if args.rehearsal:
         rehearsal.build(args.data_dir)
-        os.environ[rehearsal.SKIP_CHECKSUMS] = "1"
+        os.environ[SKIP_CHECKSUMS] = "1"
         banner = rehearsal.BANNER
         print(banner)
     device = args.device or get_device()
@@ -208,8 +202,9 @@ def main(argv=None):
           f"(paper: {PAPER_CIFAR10_PROBE}% from 50,000)\n{recall.round(1)}")
     del model
     # resume="auto": a second `make reproduce` picks the fine-tuning run up where it stopped (or skips it).
-    _, history = fine_tune_on(MODEL, "caltech256", args.epochs, args.batch_size, None, args.train_size,
-                              args.val_size, "reproduce-caltech256", "auto", device, args.data_dir)
+    _, history = fine_tune_on(model_name=MODEL, source="caltech256", num_epochs=args.epochs, batch_size=args.batch_size,
+                              train_size=args.train_size, val_size=args.val_size, run="reproduce-caltech256",
+                              resume="auto", device=device, data_dir=args.data_dir)
     plots.save_figure(plots.training_curves(history), "fig10_training", figures)
     if banner:
         rehearsal.stamp_figures(figures)

@@ -15,7 +15,11 @@ CIFAR10_TEMPLATES = [
 ]
 
 
-def captions_from_labels(class_names, template="{}", labels=None):
+# The paper's single prompt, the first of its CIFAR-10 templates.
+PROMPT = "a photo of a {}."
+
+
+def texts_from_labels(class_names: list[str], template: str = "{}", labels=None) -> list[str]:
     """One caption per class, or per label when `labels` is given. The report used the bare name ("{}")."""
     if labels is None:
         return [template.format(name) for name in class_names]
@@ -35,12 +39,12 @@ def list_of_strings(values, name: str = "texts") -> list[str]:
     return values
 
 
-def tokenize(model, texts):
+def tokenize(model, texts: list[str]) -> torch.Tensor:
     """BPE token ids padded to the model's context length, as `model.encode_text` expects them."""
     return clip.tokenize(list_of_strings(texts), context_length=model.context_length)
 
 
-def encode_texts(model, texts):
+def encode_texts(model, texts: list[str]) -> torch.Tensor:
     """Unnormalised text features, equal to `model.encode_text(tokenize(model, texts))`, but cheaper.
 
     Each distinct text is encoded once. The text transformer's mask is causal, so the tokens after the

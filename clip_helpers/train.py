@@ -3,7 +3,7 @@
 What changed from the report's listing (section 4.3), and why:
 - fp32 master weights with autocast, instead of casting the whole model to fp16 and back around every step;
 - AdamW without weight decay on gains, biases, embeddings and logit_scale; warmup then cosine decay;
-  gradient clipping; logit_scale clamped to ln(100) as in the paper;
+  gradient clipping; logit_scale clamped to at most 100 as in the paper;
 - captions of the same class are not negatives of each other (multi-positive clip_loss);
 - each distinct caption is encoded once, and only up to its end token (text.encode_texts);
 - validation is zero-shot classification on held-out images, with the class prompts encoded once;
@@ -11,12 +11,8 @@ What changed from the report's listing (section 4.3), and why:
 - a run folder belongs to one run: locked while it trains, never overwritten unless asked, resumed only with
   the settings it was started with (clip_helpers.checkpoints).
 """
-import hashlib
-import json
 import math
-import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,15 +21,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import (describe_run, last_checkpoint_message, load_checkpoint,  # noqa: F401 (public names)
-                          restore_rng_states, rng_states, run_folder, save_atomically, save_checkpoint)
-from .device import autocast, autocast_dtype
+from .checkpoints import describe_run, last_checkpoint_message, run_folder, save_checkpoint
+from .device import amp_context, make_scaler
+from .evaluation import validation_scores
 from .losses import clip_loss
-from .quantize import int8_image_tower
+from .optim import make_optimizer, make_scheduler
+from .seeds import epoch_seed, restore_rng_states, seed_everything
 from .text import encode_texts
-from .zeroshot import build_classifier, scores
+from .zeroshot import build_classifier
 
-MAX_LOGIT_SCALE = math.log(100)  # the paper clips the temperature so logits are at most 100x the cosine
+LOGIT_SCALE_MAX = 100  # the paper clips logit_scale (the multiplier) so logits are at most 100x the cosine
 
 
 @dataclass
@@ -54,7 +51,7 @@ class TrainConfig:
     overwrite: bool = False  # a new run may replace the run already in run_dir
     run_settings: dict | None = None  # what fine_tune cannot see (model name, dataset): recorded and checked on resume
     amp: str | None = "auto"  # "auto": device.autocast's choice; None: fp32; "bfloat16"/"float16": forced
-    int8_eval: bool = False  # validate with an int8 copy of a ViT image tower (CPU only; ~2x faster, not exact)
+    int8_eval: bool = False  # validate with an int8 copy of a ViT image tower (CPU only; faster, not exact)
     progress: bool = True
 
     def __post_init__(self):
@@ -67,7 +64,7 @@ def positive_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-def config_problems(config):
+def config_problems(config) -> list[str]:
     """What is wrong with `config`, in words: a zero lr or no epochs would train nothing, silently."""
     problems = []
     if not (isinstance(config.num_epochs, int) and not isinstance(config.num_epochs, bool) and config.num_epochs >= 1):
@@ -88,60 +85,16 @@ def config_problems(config):
     return problems
 
 
-# ---------------------------------------------------------------- optimiser, schedule, precision
-
-def parameter_groups(model, weight_decay):
-    """Two AdamW groups: matrices decay; gains, biases, embeddings and logit_scale do not (shrinking them only hurts)."""
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.ndim < 2 or "embedding" in name or "logit_scale" in name:
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(model, config):
-    # The fused kernel updates every tensor in one pass: about 3x faster than Adam's per-tensor loop on CPU.
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
-                             betas=config.betas, eps=config.eps, fused=fused)
-
-
-def make_scheduler(optimizer, total_steps, warmup_fraction):
-    """Linear warmup (fresh Adam moments are noisy) then cosine decay to zero, stepped once per batch."""
-    warmup = min(max(1, round(warmup_fraction * total_steps)), max(1, total_steps - 1))
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [
-        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup),
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup)),
-    ], milestones=[warmup])
-
-
-def amp_dtype(device, amp):
-    if amp == "auto":
-        return autocast_dtype(device)
-    return None if amp is None else getattr(torch, amp)
-
-
-def amp_context(device, amp):
-    return autocast(device, enabled=amp is not None, dtype=amp_dtype(device, amp))
-
-
-def make_scaler(device, amp):
-    """A GradScaler that only acts under fp16, whose small range would flush small gradients to zero."""
-    device_type = str(device).split(":")[0]
-    return torch.amp.GradScaler(device_type, enabled=amp_dtype(device, amp) == torch.float16)
-
-
 # ---------------------------------------------------------------- one step
 
-def captions_for(labels, class_names, templates, generator):
+def texts_for(labels, class_names: list[str], templates: list[str], generator: torch.Generator) -> list[str]:
     """One caption per image, its template drawn at random so the model does not learn one phrasing."""
     picks = torch.randint(len(templates), (len(labels),), generator=generator).tolist()
     return [templates[pick].format(class_names[int(label)]) for label, pick in zip(labels, picks)]
 
 
-def train_step(model, images, labels, texts, optimizer, scaler, grad_clip=1.0, amp="auto"):
+def train_step(model, images: torch.Tensor, labels: torch.Tensor, texts: list[str], optimizer, scaler,
+               grad_clip: float = 1.0, amp: str | None = "auto") -> float:
     """One optimiser step on a batch; returns the loss as a float. Raises FloatingPointError before a NaN/inf update."""
     device = model.positional_embedding.device
     optimizer.zero_grad(set_to_none=True)  # freeing the gradients is cheaper than writing zeros into them
@@ -158,69 +111,13 @@ def train_step(model, images, labels, texts, optimizer, scaler, grad_clip=1.0, a
     scaler.step(optimizer)
     scaler.update()
     with torch.no_grad():
-        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        model.logit_scale.clamp_(0, math.log(LOGIT_SCALE_MAX))  # the parameter is the log
     return value
-
-
-# ---------------------------------------------------------------- evaluation
-
-def inbatch_accuracy(logits_per_image):
-    """The report's evaluateModel score for one batch (a count): is image i's best caption caption i?
-
-    Exactly as the report computes it: its "text" half takes argmax(logits_per_text, dim=0), which is the
-    image half again (logits_per_text is the transpose), so both halves count image->text matches. With
-    several images of one class in a batch their captions are identical and at most one of them can win:
-    this measures in-batch matching, not classification.
-    """
-    truth = torch.arange(len(logits_per_image), device=logits_per_image.device)
-    images_right = (logits_per_image.argmax(dim=1) == truth).sum().item()
-    texts_right = (logits_per_image.T.argmax(dim=0) == truth).sum().item()
-    return (images_right + texts_right) / 2
-
-
-@torch.inference_mode()
-def validation_scores(model, val_loader, classifier, amp="auto", int8=False):
-    """val_loss, val_top1 (zero-shot, %) and val_inbatch_acc (the report's metric, %) over `val_loader`.
-
-    The class prompts were encoded once into `classifier`; row c also serves as the caption of class c.
-    int8=True encodes the images with clip_helpers.quantize.int8_image_tower(model), made once here.
-    """
-    device = model.positional_embedding.device
-    logit_scale = model.logit_scale.exp().float()
-    if int8:
-        model = int8_image_tower(model)
-    classifier = classifier.to(device)
-    all_features, all_labels, total_loss, inbatch_right = [], [], 0.0, 0.0
-    for images, labels in val_loader:
-        with amp_context(device, amp):
-            image_features = model.encode_image(images.to(device)).float()
-        labels = labels.to(device)
-        text_features = classifier[labels]
-        total_loss += clip_loss(image_features, text_features, logit_scale, labels).item() * len(labels)
-        logits = logit_scale * (image_features / image_features.norm(dim=-1, keepdim=True)) @ text_features.T
-        inbatch_right += inbatch_accuracy(logits)
-        all_features.append(image_features.cpu())
-        all_labels.append(labels.cpu())
-    labels = torch.cat(all_labels)
-    return {"val_loss": total_loss / len(labels),
-            "val_top1": scores(torch.cat(all_features), labels, classifier.cpu())["top1"],
-            "val_inbatch_acc": 100 * inbatch_right / len(labels)}
 
 
 # ---------------------------------------------------------------- the loop
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed, epoch):
-    """A seed fixed by (seed, epoch): an epoch's shuffle and captions do not depend on what ran before it."""
-    return seed * 1_000_003 + epoch
-
-
-def reseed_sampler(loader, seed, epoch):
+def reseed_sampler(loader, seed: int, epoch: int) -> None:
     """Reseed a shuffling DataLoader built with a generator (see train_loader_for) for this epoch.
 
     A loader without one draws its order from torch's global RNG, which a resume restores too.
@@ -230,13 +127,13 @@ def reseed_sampler(loader, seed, epoch):
         generator.manual_seed(epoch_seed(seed, epoch))
 
 
-def train_loader_for(dataset, batch_size, seed=0, num_workers=0):
+def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
     """A shuffling DataLoader whose order fine_tune can fix per epoch (so a resumed run sees the same batches)."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                                        generator=torch.Generator().manual_seed(seed))
 
 
-def fine_tune(model, train_loader, val_loader, config):
+def fine_tune(model, train_loader, val_loader, config: "TrainConfig") -> pd.DataFrame:
     """Train `model` in place on batches of (images, labels); returns the history, one row per epoch.
 
     Columns: epoch, step, train_loss, val_loss, val_top1 (zero-shot %), val_inbatch_acc (the report's
@@ -317,14 +214,14 @@ def train_epoch(parts, train_loader, config, epoch):
     """(mean training loss, lr of the last step) of one epoch."""
     model, optimizer, scheduler, scaler = parts
     reseed_sampler(train_loader, config.seed, epoch)
-    caption_generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 500_000_000)
+    text_generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 500_000_000)
     model.train()
     losses = []
     # tqdm.auto given the loader itself would call iter() on it twice (its asyncio variant does it
     # eagerly), starting DataLoader workers twice; a bar updated by hand does not.
     bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{config.num_epochs}", disable=not config.progress, leave=False)
     for images, labels in train_loader:
-        texts = captions_for(labels, config.class_names, config.templates, caption_generator)
+        texts = texts_for(labels, config.class_names, config.templates, text_generator)
         lr = optimizer.param_groups[0]["lr"]
         try:
             loss = train_step(model, images, labels, texts, optimizer, scaler, config.grad_clip, config.amp)
@@ -350,83 +247,3 @@ def save_epoch(parts, epoch, history, config, record):
     except OSError as error:
         raise OSError(f"Could not save epoch {epoch} in {config.run_dir} ({error}). "
                       f"{last_checkpoint_message(config.run_dir)}") from error
-
-
-# ---------------------------------------------------------------- mini-CLIP on shapes, from scratch
-
-# Measured on 2 shared CPU cores: 99.7-100% zero-shot top-1 (36-way) on held-back images of the seen
-# colour/shape pairs, 68-81% on the never-seen pairs, in 1.5-4 minutes (about 3 s an epoch when idle).
-MINI_RECIPE = dict(n_per_class=100, val_fraction=0.2, num_epochs=12, batch_size=128, lr=2e-3,
-                   weight_decay=0.1, warmup_fraction=0.1, seed=0, amp="auto")
-# The same task for the ViT mini-CLIP (models.MINI_VIT_CLIP), which needs more, smaller steps than the ResNet:
-# 88.8% on the seen pairs after 30 epochs, about 2 minutes on 2 idle cores. Used to check int8 evaluation.
-MINI_VIT_RECIPE = dict(MINI_RECIPE, architecture="mini-vit", num_epochs=30, batch_size=64, lr=1e-3)
-# Seconds, for tests and the smoke profile: proves the pipeline runs, learns little.
-SMOKE_RECIPE = dict(n_per_class=4, val_fraction=0.25, num_epochs=1, batch_size=32, lr=2e-3,
-                    weight_decay=0.1, warmup_fraction=0.1, seed=0, amp="auto")
-
-
-def rendered(dataset):
-    """The dataset drawn once into a TensorDataset: shapes are drawn in PIL, too slow to redo every epoch."""
-    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
-    return torch.utils.data.TensorDataset(torch.stack(images), torch.tensor(labels))
-
-
-def recipe_key(recipe):
-    return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def shapes_splits(recipe, preprocess):
-    """(train, val, heldout) TensorDatasets: val holds unseen images of seen pairs, heldout the HELD_OUT pairs."""
-    from .data import split
-    from .shapes import ShapesDataset
-    seen = ShapesDataset("train", n_per_class=recipe["n_per_class"], seed=recipe["seed"], transform=preprocess)
-    train, val = split(seen, recipe["val_fraction"], seed=recipe["seed"])
-    n_heldout = max(1, round(recipe["n_per_class"] * recipe["val_fraction"]))
-    heldout = ShapesDataset("heldout", n_per_class=n_heldout, seed=recipe["seed"], transform=preprocess)
-    return rendered(train), rendered(val), rendered(heldout), seen.classes
-
-
-def train_mini_clip(recipe=None, cache_dir="data/weights", retrain=False, progress=True, device="cpu"):
-    """(model, preprocess, history): MINI_CLIP trained from scratch on clip_helpers.shapes, cached on disk.
-
-    The file name carries a hash of the recipe, so the smoke recipe never overwrites the real one. The
-    recipe's "architecture" (default "mini") names the model in models.ARCHITECTURES. The history gains a
-    last column, heldout_top1: zero-shot top-1 (%) on colour/shape pairs never trained on.
-    """
-    from .models import build_random_clip, load_clip, preprocess_for
-    recipe = {**MINI_RECIPE, **(recipe or {})}
-    path = Path(cache_dir) / f"mini-clip-shapes-{recipe_key(recipe)}.pt"
-    history_path = path.with_suffix(".csv")
-    if path.is_file() and history_path.is_file() and not retrain:
-        try:
-            model, preprocess = load_clip(str(path), device=device)
-            return model, preprocess, pd.read_csv(history_path)
-        except ValueError as error:  # load_clip's messages for a damaged file; pandas' EmptyDataError is one too
-            warnings.warn(f"The cached mini-CLIP {path} is unusable, so it is trained again: {error}", stacklevel=2)
-    model = build_random_clip(recipe.get("architecture", "mini"), seed=recipe["seed"]).to(device)
-    history = fit_on_shapes(model, recipe, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomically(model.state_dict(), path)
-    history.to_csv(history_path, index=False)
-    return model.eval(), preprocess_for(32), history
-
-
-def fit_on_shapes(model, recipe, progress=True):
-    """Train `model` in place with fine_tune on the shapes splits of `recipe`; its history, with heldout_top1."""
-    from .models import preprocess_for
-    from .shapes import SHAPES_TEMPLATES
-    train, val, heldout, class_names = shapes_splits(recipe, preprocess_for(32))
-    config = TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
-                         lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
-                         seed=recipe["seed"], amp=recipe["amp"], progress=progress)
-    history = fine_tune(model, train_loader_for(train, recipe["batch_size"], recipe["seed"]),
-                        torch.utils.data.DataLoader(val, batch_size=256), config)
-    history["heldout_top1"] = heldout_top1(model, heldout, class_names, SHAPES_TEMPLATES)
-    return history
-
-
-def heldout_top1(model, dataset, class_names, templates):
-    """Zero-shot top-1 (%) over all 36 classes on images of pairs the model never saw captioned."""
-    classifier = build_classifier(model.eval(), class_names, templates)
-    return validation_scores(model, torch.utils.data.DataLoader(dataset, batch_size=256), classifier)["val_top1"]

@@ -13,13 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_helpers import finetune, profiles, rehearsal
-from clip_helpers.data import class_name, targets_of
+from clip_helpers import downloads, rehearsal
+from clip_helpers.data import class_name, classes_of, targets_of
+from clip_helpers.recipes import train_and_val_sets
+from clip_helpers.sources import open_source
 from clip_helpers.models import preprocess_for
 from clip_helpers.text import CIFAR10_TEMPLATES
 
 SMOKE = rehearsal.SIZES["smoke"]
-pytestmark = pytest.mark.filterwarnings(f"ignore:{rehearsal.SKIP_CHECKSUMS}=1")
+pytestmark = pytest.mark.filterwarnings(f"ignore:{downloads.SKIP_CHECKSUMS}=1")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def stand_in_checksums(monkeypatch):
     """The stand-ins' md5s differ from the real files'; the rehearsal's switch lets them through."""
-    monkeypatch.setenv(rehearsal.SKIP_CHECKSUMS, "1")
+    monkeypatch.setenv(downloads.SKIP_CHECKSUMS, "1")
 
 
 def unpickled(data_dir, name):
@@ -70,8 +72,9 @@ def readable_caltech_files(data_dir):
 @pytest.mark.parametrize("split, batches", [("test", ["test_batch"]), ("train", TRAIN_BATCHES)])
 def test_open_dataset_cifar10_reads_the_split_from_its_own_pickles(data_dir, split, batches):
     pixels, labels = cifar_rows(data_dir, batches)
-    dataset = profiles.open_dataset("cifar10", split, n_per_class=1, data_dir=str(data_dir), seed=3)
-    assert profiles.classes_of(dataset) == unpickled(data_dir, "batches.meta")["label_names"]
+    opened = open_source("cifar10", split, n_per_class=1, data_dir=str(data_dir), seed=3)
+    dataset = opened.dataset
+    assert opened.class_names == classes_of(dataset) == unpickled(data_dir, "batches.meta")["label_names"]
     assert sorted(targets_of(dataset)) == list(range(10))  # one image of each class
     for position, index in enumerate(dataset.indices):
         image, label = dataset[position]
@@ -81,8 +84,9 @@ def test_open_dataset_cifar10_reads_the_split_from_its_own_pickles(data_dir, spl
 def test_open_dataset_caltech256_keeps_every_class_name_and_only_readable_images(data_dir):
     readable = readable_caltech_files(data_dir)
     with pytest.warns(UserWarning, match="unreadable"):
-        dataset = profiles.open_dataset("caltech256", "test", n_per_class=1, data_dir=str(data_dir))
-    assert profiles.classes_of(dataset) == [class_name(folder) for folder in readable]
+        opened = open_source("caltech256", "test", n_per_class=1, data_dir=str(data_dir))
+    dataset = opened.dataset
+    assert opened.class_names == classes_of(dataset) == [class_name(folder) for folder in readable]
     with_images = [label for label, files in enumerate(readable.values()) if files]
     assert sorted(targets_of(dataset)) == with_images  # one of each class that has a readable image
     for image, label in (dataset[i] for i in range(len(dataset))):
@@ -92,10 +96,9 @@ def test_open_dataset_caltech256_keeps_every_class_name_and_only_readable_images
 
 
 def test_datasets_for_cifar10_trains_on_the_train_batches_and_validates_on_test_batch(data_dir):
-    train, val, class_names, templates, eval_templates = finetune.datasets_for(
-        "cifar10", preprocess_for(32), str(data_dir), train_size=15, val_size=5, seed=1)
-    assert class_names == unpickled(data_dir, "batches.meta")["label_names"]
-    assert templates == ["{}"] and eval_templates == CIFAR10_TEMPLATES
+    train, val, opened = train_and_val_sets("cifar10", preprocess_for(32), str(data_dir), train_size=15, val_size=5, seed=1)
+    assert opened.class_names == unpickled(data_dir, "batches.meta")["label_names"]
+    assert opened.train_templates == ["{}"] and opened.templates == CIFAR10_TEMPLATES
     assert len(train) == 15 and len(val) == 5
     train_pixels, train_labels = cifar_rows(data_dir, TRAIN_BATCHES)
     val_pixels, val_labels = cifar_rows(data_dir, ["test_batch"])
@@ -110,10 +113,9 @@ def test_datasets_for_cifar10_trains_on_the_train_batches_and_validates_on_test_
 def test_datasets_for_caltech256_splits_one_pool_by_class_without_sharing_an_image(data_dir):
     readable = readable_caltech_files(data_dir)
     with pytest.warns(UserWarning, match="unreadable"):
-        train, val, class_names, templates, eval_templates = finetune.datasets_for(
-            "caltech256", None, str(data_dir), train_size=None, val_size=None)
-    assert class_names == [class_name(folder) for folder in readable]
-    assert templates == ["{}"] and eval_templates == CIFAR10_TEMPLATES
+        train, val, opened = train_and_val_sets("caltech256", None, str(data_dir), train_size=None, val_size=None)
+    assert opened.class_names == [class_name(folder) for folder in readable]
+    assert opened.train_templates == ["{}"] and opened.templates == CIFAR10_TEMPLATES
     assert set(train.indices).isdisjoint(val.indices)
     assert len(train) + len(val) == sum(len(files) for files in readable.values())  # every readable image, once
     counts = {label: len(files) for label, files in enumerate(readable.values()) if files}

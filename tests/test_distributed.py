@@ -12,6 +12,7 @@ divided by rounding noise, a step of up to lr in either run. Adam's scale invari
 weights test cannot see a gradient scaled by a constant: the gradient test is the one that would.
 """
 import copy
+import math
 import os
 import socket
 import sys
@@ -20,7 +21,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from clip_helpers import distributed, train
+from clip_helpers import device, distributed, optim, train
 from clip_helpers.losses import clip_loss
 from clip_helpers.models import build_random_clip
 from clip_helpers.text import CIFAR10_CLASSES, CIFAR10_TEMPLATES, encode_texts
@@ -89,7 +90,7 @@ def worker(rank, port, out_dir):
 def distributed_steps(model, processes, own):
     """train.train_step's recipe (AdamW, clip to norm 1, clamp logit_scale) with the gathered loss."""
     clip_model = distributed.unwrap(model)
-    optimizer = train.make_optimizer(clip_model, config())
+    optimizer = optim.make_optimizer(clip_model, config())
     losses = []
     for step in range(STEPS):
         images, labels, texts = global_batch(step)
@@ -100,7 +101,7 @@ def distributed_steps(model, processes, own):
         torch.nn.utils.clip_grad_norm_(clip_model.parameters(), 1.0)
         optimizer.step()
         with torch.no_grad():
-            clip_model.logit_scale.clamp_(0, train.MAX_LOGIT_SCALE)
+            clip_model.logit_scale.clamp_(0, math.log(train.LOGIT_SCALE_MAX))
         losses.append(loss.item())
     return {"losses": losses, "weights": {k: v.clone() for k, v in clip_model.state_dict().items()}}
 
@@ -176,8 +177,8 @@ def test_scaling_a_local_slot_gather_by_the_world_size_gets_logit_scale_wrong(ra
 
 def test_adamw_steps_on_two_processes_end_with_the_weights_of_one(ranks, base):
     model = copy.deepcopy(base)
-    optimizer = train.make_optimizer(model, config())
-    scaler = train.make_scaler("cpu", None)
+    optimizer = optim.make_optimizer(model, config())
+    scaler = device.make_scaler("cpu", None)
     losses = []
     for step in range(STEPS):  # the kit's own step, on the whole global batch
         images, labels, texts = global_batch(step)

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 import pytest
 
-from clip_helpers import finetune
+from clip_helpers import finetune, recipes
 from clip_helpers.data import targets_of
 
 
@@ -24,7 +24,8 @@ def test_cli_fine_tunes_mini_clip_on_shapes_for_one_epoch(tmp_path, capsys):
 
 
 def test_cli_datasets_never_share_an_image(tmp_path):
-    train, val, class_names, _, _ = finetune.datasets_for("shapes", None, str(tmp_path), train_size=100, val_size=40)
+    train, val, opened = recipes.train_and_val_sets("shapes", None, str(tmp_path), train_size=100, val_size=40)
+    class_names = opened.class_names
     assert len(train) == 100 and len(val) == 40 and len(class_names) == 36
     assert set(train.dataset.indices[i] for i in train.indices).isdisjoint(val.dataset.indices[i] for i in val.indices)
     assert len(targets_of(train)) == 100
@@ -110,9 +111,9 @@ def test_cli_refuses_a_nonsense_number_at_parse_time(argument, value, capsys):
 
 def test_fine_tune_on_refuses_a_zero_lr_and_a_negative_size_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="lr must be a finite number > 0, not 0"):
-        finetune.fine_tune_on("mini", "shapes", lr=0, train_size=16, val_size=16, data_dir=str(tmp_path), device="cpu")
+        recipes.fine_tune_on(model_name="mini", source="shapes", lr=0, train_size=16, val_size=16, data_dir=str(tmp_path), device="cpu")
     with pytest.raises(ValueError, match="train_size must be a whole number >= 1"):
-        finetune.fine_tune_on("mini", "shapes", train_size=-5, data_dir=str(tmp_path), device="cpu")
+        recipes.fine_tune_on(model_name="mini", source="shapes", train_size=-5, data_dir=str(tmp_path), device="cpu")
     assert not (tmp_path / "runs").exists()
 
 

@@ -3,7 +3,7 @@ import urllib.error
 import pytest
 import torch
 
-from clip_helpers import models
+from clip_helpers import downloads, models
 from clip_helpers.models import build_random_clip, load_clip, model_summary
 
 
@@ -76,11 +76,11 @@ def test_failed_download_names_url_file_and_offline_alternative(tmp_path, monkey
 
 
 def test_weights_file_and_cache_check(tmp_path):
-    assert models.weights_file("ViT-B/32", tmp_path).name == "ViT-B-32.pt"
-    assert not models.weights_cached("ViT-B/32", tmp_path)
+    assert downloads.weights_file("ViT-B/32", tmp_path).name == "ViT-B-32.pt"
+    assert not downloads.weights_cached("ViT-B/32", tmp_path)
     (tmp_path / "ViT-B-32.pt").write_bytes(b"x")
-    assert models.weights_cached("ViT-B/32", tmp_path)
-    assert not models.weights_cached("mini", tmp_path)
+    assert downloads.weights_cached("ViT-B/32", tmp_path)
+    assert not downloads.weights_cached("mini", tmp_path)
 
 
 # ---------------------------------------------------------------- issue 10, finding 13: what a wrong file is
@@ -136,9 +136,9 @@ def test_a_training_checkpoint_points_to_model_pt(tmp_path, mini):
 def test_archive_problem_reads_only_the_zip_directory(tmp_path, mini):
     path = tmp_path / "ViT-B-32.pt"
     torch.save({"x": torch.zeros(3)}, path)
-    assert models.archive_problem(path) is None
+    assert downloads.archive_problem(path) is None
     whole = path.read_bytes()
     path.write_bytes(whole[:-30])
-    assert "truncated" in models.archive_problem(path)
+    assert "truncated" in downloads.archive_problem(path)
     path.write_bytes(b"")
-    assert "empty" in models.archive_problem(path)
+    assert "empty" in downloads.archive_problem(path)

@@ -42,7 +42,7 @@ def test_committed_notebook_is_clean_and_parameterised(path):
     assert len(parameters) == 1 and parameters[0] is notebook.cells[1]
     for name in ("profile", "data_dir", "out_dir", "seed"):
         assert f"\n{name} = " in "\n" + parameters[0].source
-    assert "profiles.describe(" in notebook.cells[2].source  # the cell after the parameters says which profile ran
+    assert "course.start(" in notebook.cells[2].source  # the cell after the parameters says which profile ran
     assert notebook.metadata.kernelspec.name == "python3"
 
 

@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from clip_helpers import profiles
-from clip_helpers.data import ImageFolderCaptions, targets_of
-from clip_helpers.models import weights_file
+from clip_helpers import course, downloads, photos, profiles, sources
+from clip_helpers.data import ImageFolderCaptions, classes_of, per_class_subset, targets_of
+from clip_helpers.downloads import weights_file
 from clip_helpers.shapes import ShapesDataset
 
 
@@ -56,10 +56,10 @@ def test_can_reach_a_listening_socket_and_not_a_closed_port():
     server.listen()
     port = server.getsockname()[1]
     try:
-        assert profiles.can_reach("127.0.0.1", port, timeout=2)
+        assert downloads.can_reach("127.0.0.1", port, timeout=2)
     finally:
         server.close()
-    assert not profiles.can_reach("127.0.0.1", port, timeout=2)
+    assert not downloads.can_reach("127.0.0.1", port, timeout=2)
 
 
 def test_can_reach_gives_up_within_its_timeout(monkeypatch):
@@ -69,36 +69,36 @@ def test_can_reach_gives_up_within_its_timeout(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", hangs_then_times_out)
     start = time.time()
-    assert not profiles.can_reach("example.org", timeout=0.2)
+    assert not downloads.can_reach("example.org", timeout=0.2)
     assert time.time() - start < 2
 
 
 def test_write_photos_makes_an_image_folder_of_the_eight_photos(tmp_path):
-    root = profiles.write_photos(tmp_path)
+    root = photos.write_photos(tmp_path)
     dataset = ImageFolderCaptions(root)
-    assert dataset.classes == [class_name for class_name, _ in profiles.PHOTOS.values()]
+    assert dataset.classes == [class_name for class_name, _ in photos.PHOTOS.values()]
     assert len(dataset) == 8 and not dataset.skipped
     image, label = dataset[1]
     assert image.mode == "RGB" and dataset.classes[label] == "cat"
-    assert len(profiles.photo_descriptions()) == 8
+    assert len(photos.photo_descriptions()) == 8
     modified = sorted(p.stat().st_mtime_ns for p in root.rglob("*.png"))
-    profiles.write_photos(tmp_path)  # a second call leaves the files alone
+    photos.write_photos(tmp_path)  # a second call leaves the files alone
     assert sorted(p.stat().st_mtime_ns for p in root.rglob("*.png")) == modified
 
 
 def test_per_class_subset_takes_n_of_each_class():
     dataset = ShapesDataset("train", n_per_class=5)
-    subset = profiles.per_class_subset(dataset, 2, seed=0)
+    subset = per_class_subset(dataset, 2, seed=0)
     labels = targets_of(subset)
     assert len(labels) == 2 * len(set(targets_of(dataset)))
     assert all(labels.count(label) == 2 for label in set(labels))
     assert subset.indices == sorted(subset.indices)
-    assert profiles.per_class_subset(dataset, 2, seed=0).indices == subset.indices
-    assert profiles.classes_of(subset) == dataset.classes
+    assert per_class_subset(dataset, 2, seed=0).indices == subset.indices
+    assert classes_of(subset) == dataset.classes
 
 
 def test_examples_are_one_image_of_each_of_n_classes():
-    images, labels, class_names = profiles.examples("shapes", 6, seed=1)
+    images, labels, class_names = sources.examples("shapes", 6, seed=1)
     assert len(images) == len(set(labels)) == 6
     assert len(class_names) == 36
 
@@ -107,14 +107,14 @@ def test_project_path_resolves_from_the_notebooks_folder(tmp_path, monkeypatch):
     (tmp_path / "clip_helpers").mkdir()
     (tmp_path / "notebooks").mkdir()
     monkeypatch.chdir(tmp_path / "notebooks")
-    assert profiles.project_path("data") == tmp_path / "data"
-    assert profiles.project_path(tmp_path / "x") == tmp_path / "x"
+    assert course.project_path("data") == tmp_path / "data"
+    assert course.project_path(tmp_path / "x") == tmp_path / "x"
     monkeypatch.chdir(tmp_path)
-    assert profiles.project_path("data").resolve() == tmp_path / "data"
+    assert course.project_path("data").resolve() == tmp_path / "data"
 
 
 def test_save_metrics_writes_the_key_number(tmp_path):
-    profiles.save_metrics(tmp_path, "07_zero_shot", "top-1 (%)", 91.25, profile="quick")
+    course.save_metrics(tmp_path, "07_zero_shot", "top-1 (%)", 91.25, profile="quick")
     record = json.loads((tmp_path / "metrics" / "07_zero_shot.json").read_text())
     assert record == {"notebook": "07_zero_shot", "key": "top-1 (%)", "value": 91.25, "profile": "quick"}
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_helpers import rehearsal, reproduce
+from clip_helpers import downloads, rehearsal, reproduce
 from clip_helpers.data import caltech256, cifar10
-from clip_helpers.models import load_clip, weights_file
+from clip_helpers.downloads import weights_file
+from clip_helpers.models import load_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "tools" / "run_notebooks.py")
@@ -58,7 +59,7 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def switch_on(monkeypatch):
-    monkeypatch.setenv(rehearsal.SKIP_CHECKSUMS, "1")
+    monkeypatch.setenv(downloads.SKIP_CHECKSUMS, "1")
 
 
 @pytest.mark.slow
@@ -66,12 +67,12 @@ def test_stand_in_weights_load_through_clip_load_only_with_the_switch(stand_ins,
     path = weights_file("ViT-B/32", stand_ins / "weights")
     archive = torch.jit.load(str(path), map_location="cpu")  # a TorchScript archive, as OpenAI ships
     assert {t.dtype for t in archive.state_dict().values() if t.is_floating_point()} >= {torch.float16}
-    monkeypatch.delenv(rehearsal.SKIP_CHECKSUMS, raising=False)
+    monkeypatch.delenv(downloads.SKIP_CHECKSUMS, raising=False)
     with pytest.raises(RuntimeError) as error:  # switch off: the SHA256 differs, clip.load re-downloads, fails
         load_clip("ViT-B/32", device="cpu", download_root=stand_ins / "weights")
     message = str(error.value)
     assert "openaipublic.azureedge.net" in message and str(path) in message and "offline" in message.lower()
-    monkeypatch.setenv(rehearsal.SKIP_CHECKSUMS, "1")
+    monkeypatch.setenv(downloads.SKIP_CHECKSUMS, "1")
     model, preprocess = load_clip("ViT-B/32", device="cpu", download_root=stand_ins / "weights")
     assert sum(p.numel() for p in model.parameters()) == 151_277_313
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # fp16 on disk, fp32 out
@@ -80,7 +81,7 @@ def test_stand_in_weights_load_through_clip_load_only_with_the_switch(stand_ins,
 
 
 def test_without_the_switch_cifar10_stand_in_datasets_fail_like_a_missing_download(stand_in_datasets, no_network, monkeypatch):
-    monkeypatch.delenv(rehearsal.SKIP_CHECKSUMS, raising=False)
+    monkeypatch.delenv(downloads.SKIP_CHECKSUMS, raising=False)
     with pytest.raises(RuntimeError, match="cs.toronto.edu.*PROFILE=offline"):
         cifar10(stand_in_datasets, train=False)
 
@@ -159,9 +160,9 @@ def test_reproduce_runs_in_the_rehearsal_and_says_so(stand_ins, tmp_path):
 @pytest.mark.parametrize("switch", [None, "1"])
 def test_a_missing_download_fails_at_once_naming_url_file_folder_and_offline_way(switch, tmp_path, no_network,
                                                                                   monkeypatch):
-    monkeypatch.delenv(rehearsal.SKIP_CHECKSUMS, raising=False)
+    monkeypatch.delenv(downloads.SKIP_CHECKSUMS, raising=False)
     if switch:
-        monkeypatch.setenv(rehearsal.SKIP_CHECKSUMS, switch)  # the switch skips checksums, never a download
+        monkeypatch.setenv(downloads.SKIP_CHECKSUMS, switch)  # the switch skips checksums, never a download
     with pytest.raises(RuntimeError) as error:
         load_clip("ViT-B/32", device="cpu", download_root=tmp_path / "weights")
     message = str(error.value)

@@ -5,7 +5,7 @@ import clip
 import pytest
 import torch
 
-from clip_helpers import report, train
+from clip_helpers import evaluation, report
 
 
 class FixedLogits(torch.nn.Module):
@@ -28,7 +28,7 @@ def test_evaluate_model_equals_a_hand_computation():
     # Image argmax per row: 0, 0 (first of the tie), 2 -> 2 right. The "text" half, argmax(logits.T, dim=0),
     # is the same per-row argmax again -> 2 right. (2 + 2) / 2 = 2 of 3 images.
     assert report.evaluateModel(FixedLogits(logits), [batch], "cpu") == pytest.approx(100 * 2 / 3)
-    assert train.inbatch_accuracy(logits) == 2.0  # the kit's column reproduces the report's number
+    assert evaluation.inbatch_accuracy(logits) == 2.0  # the kit's column reproduces the report's number
 
 
 def test_evaluate_model_counts_image_matches_twice_not_text_matches():

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers import checkpoints, train
+from clip_helpers import checkpoints, seeds, train
 from clip_helpers.models import load_clip
 from clip_helpers.train import TrainConfig, fine_tune, train_loader_for
 
@@ -193,9 +193,9 @@ def test_the_kits_own_checkpoint_loads_with_weights_only_and_restores_every_rng(
 
     run(copy.deepcopy(mini), tiny_data, config_for(tmp_path))
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # raises today: numpy's state is pickled
-    checkpoints.restore_rng_states(state["rng"])
+    seeds.restore_rng_states(state["rng"])
     drawn = (torch.rand(3), np.random.rand(3), random.random())
-    checkpoints.restore_rng_states(state["rng"])
+    seeds.restore_rng_states(state["rng"])
     assert torch.equal(torch.rand(3), drawn[0]) and np.array_equal(np.random.rand(3), drawn[1])
     assert random.random() == drawn[2]
 

@@ -1,6 +1,6 @@
 import torch
 
-from clip_helpers.text import (CIFAR10_CLASSES, CIFAR10_TEMPLATES, captions_from_labels, encode_texts,
+from clip_helpers.text import (CIFAR10_CLASSES, CIFAR10_TEMPLATES, texts_from_labels, encode_texts,
                                tokenize)
 from clip_helpers.zeroshot import check_classes_and_templates
 
@@ -15,9 +15,9 @@ def test_cifar10_templates_give_every_class_18_distinct_captions():
     assert len(set(captions)) == len(captions) == 10 * 18
 
 
-def test_captions_from_labels():
-    assert captions_from_labels(["cat", "dog"]) == ["cat", "dog"]  # the report's bare class names
-    assert captions_from_labels(["cat", "dog"], "a photo of a {}.", labels=[1, 1, 0]) == [
+def test_texts_from_labels():
+    assert texts_from_labels(["cat", "dog"]) == ["cat", "dog"]  # the report's bare class names
+    assert texts_from_labels(["cat", "dog"], "a photo of a {}.", labels=[1, 1, 0]) == [
         "a photo of a dog.", "a photo of a dog.", "a photo of a cat."]
 
 

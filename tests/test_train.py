@@ -5,10 +5,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers import train
+from clip_helpers import checkpoints, evaluation, optim, recipes, train
+from clip_helpers.device import make_scaler
 from clip_helpers.losses import clip_loss
 from clip_helpers.models import load_clip, preprocess_for
-from clip_helpers.train import SMOKE_RECIPE, TrainConfig, fine_tune, train_loader_for
+from clip_helpers.recipes import SMOKE_RECIPE
+from clip_helpers.train import TrainConfig, fine_tune, train_loader_for
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 
@@ -56,8 +58,8 @@ def test_loss_goes_down_on_a_fixed_batch(mini, tiny_data):
     model = copy.deepcopy(mini).train()
     images, labels = tiny_data[0].tensors
     config = config_for(lr=1e-3)
-    optimizer = train.make_optimizer(model, config)
-    scaler = train.make_scaler("cpu", config.amp)
+    optimizer = optim.make_optimizer(model, config)
+    scaler = make_scaler("cpu", config.amp)
     texts = [CLASS_NAMES[label] for label in labels]
     losses = [train.train_step(model, images, labels, texts, optimizer, scaler) for _ in range(10)]
     assert losses[-1] < 0.7 * losses[0]
@@ -71,7 +73,7 @@ def test_resumed_run_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
     crashing = CrashOnEpoch(train_loader_for(train_set, batch_size=8), epoch=2)
     with pytest.raises(KeyboardInterrupt):
         fine_tune(copy.deepcopy(mini), crashing, DataLoader(val_set, batch_size=8), config_for(tmp_path / "resumed"))
-    assert train.load_checkpoint(tmp_path / "resumed")["epoch"] == 1
+    assert checkpoints.load_checkpoint(tmp_path / "resumed")["epoch"] == 1
     resumed_model = copy.deepcopy(mini)  # a fresh process would rebuild the model from scratch
     resumed = run(resumed_model, tiny_data, config_for(tmp_path / "resumed", resume=True))
 
@@ -101,7 +103,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(mini, t
     monkeypatch.setattr(train, "clip_loss", poisoned_clip_loss)
     with pytest.raises(FloatingPointError, match=r"nan at epoch 2, step 2.*checkpoint.*epoch 1"):
         run(copy.deepcopy(mini), tiny_data, config_for(tmp_path))
-    assert train.load_checkpoint(tmp_path)["epoch"] == 1
+    assert checkpoints.load_checkpoint(tmp_path)["epoch"] == 1
     model, _ = load_clip(str(tmp_path / "model.pt"), device="cpu")
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -113,12 +115,12 @@ def test_logit_scale_is_clamped_to_ln_100(mini, tiny_data):
     images, labels = tiny_data[0].tensors
     config = config_for()
     train.train_step(model, images[:8], labels[:8], [CLASS_NAMES[i] for i in labels[:8]],
-                     train.make_optimizer(model, config), train.make_scaler("cpu", None))
+                     optim.make_optimizer(model, config), make_scaler("cpu", None))
     assert model.logit_scale.item() == pytest.approx(math.log(100))
 
 
 def test_weight_decay_skips_gains_biases_embeddings_and_logit_scale(mini):
-    decay, no_decay = train.parameter_groups(mini, 0.2)
+    decay, no_decay = optim.parameter_groups(mini, 0.2)
     assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
     names = {id(p): name for name, p in mini.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
@@ -135,7 +137,7 @@ def test_weight_decay_skips_gains_biases_embeddings_and_logit_scale(mini):
 def test_warmup_then_cosine_schedule():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([parameter], lr=1.0)
-    scheduler = train.make_scheduler(optimizer, total_steps=20, warmup_fraction=0.1)
+    scheduler = optim.make_scheduler(optimizer, total_steps=20, warmup_fraction=0.1)
     lrs = []
     for _ in range(20):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -148,12 +150,12 @@ def test_warmup_then_cosine_schedule():
 def test_inbatch_accuracy_counts_only_the_first_duplicate():
     # Images 0 and 1 share a class, so their captions' columns tie; argmax picks column 0 for both.
     logits = torch.tensor([[5.0, 5.0, 0.0], [5.0, 5.0, 0.0], [0.0, 0.0, 3.0]])
-    assert train.inbatch_accuracy(logits) == 2.0
+    assert evaluation.inbatch_accuracy(logits) == 2.0
 
 
 def test_mini_clip_splits_never_share_an_image():
     recipe = {**SMOKE_RECIPE, "n_per_class": 6}
-    train_set, val_set, heldout, class_names = train.shapes_splits(recipe, preprocess_for(32))
+    train_set, val_set, heldout, class_names = recipes.shapes_splits(recipe, preprocess_for(32))
     train_rows = {tuple(image.flatten()[::7].tolist()) for image in train_set.tensors[0]}
     val_rows = {tuple(image.flatten()[::7].tolist()) for image in val_set.tensors[0]}
     assert len(train_rows) == len(train_set) and len(val_rows) == len(val_set)
@@ -164,11 +166,11 @@ def test_mini_clip_splits_never_share_an_image():
 
 @pytest.mark.slow
 def test_train_mini_clip_smoke_recipe_trains_caches_and_reloads(tmp_path):
-    model, preprocess, history = train.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
+    model, preprocess, history = recipes.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 2 and files[0].startswith("mini-clip-shapes-") and train.recipe_key(train.MINI_RECIPE) not in files[0]
-    assert {"train_loss", "val_top1", "heldout_top1"} <= set(history.columns)
-    again, _, cached_history = train.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
+    assert len(files) == 2 and files[0].startswith("mini-clip-shapes-") and recipes.recipe_key(recipes.MINI_RECIPE) not in files[0]
+    assert {"train_loss", "val_top1", "held_out_top1"} <= set(history.columns)
+    again, _, cached_history = recipes.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
     assert cached_history["train_loss"].tolist() == pytest.approx(history["train_loss"].tolist())
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[name], tensor)
@@ -199,7 +201,7 @@ def one_step(mini, tiny_data, amp, scaler):
     """(loss, the gradients the optimiser used [flat], the model) after one train_step from mini's weights."""
     model = copy.deepcopy(mini).train()
     images, labels = tiny_data[0].tensors
-    optimizer = train.make_optimizer(model, config_for(amp=amp))
+    optimizer = optim.make_optimizer(model, config_for(amp=amp))
     loss = train.train_step(model, images[:8], labels[:8], [CLASS_NAMES[i] for i in labels[:8]], optimizer, scaler,
                             amp=amp)
     return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), model
@@ -248,7 +250,7 @@ def test_an_fp16_overflow_skips_the_step_and_halves_the_scale(mini, tiny_data):
 def test_a_resumed_fp16_run_restores_the_scalers_scale_and_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
     config = dict(amp="float16", num_epochs=2)
     whole = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "whole", **config))
-    whole_scale = train.load_checkpoint(tmp_path / "whole")["scaler"]["scale"]
+    whole_scale = checkpoints.load_checkpoint(tmp_path / "whole")["scaler"]["scale"]
     assert whole_scale < 65536.0  # fp16 overflowed at the default scale, so the scaler's state really changed
 
     train_set, val_set = tiny_data
@@ -256,7 +258,7 @@ def test_a_resumed_fp16_run_restores_the_scalers_scale_and_matches_an_uninterrup
     with pytest.raises(KeyboardInterrupt):
         fine_tune(copy.deepcopy(mini), crashing, DataLoader(val_set, batch_size=8), config_for(tmp_path / "resumed", **config))
     resumed = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "resumed", resume=True, **config))
-    assert train.load_checkpoint(tmp_path / "resumed")["scaler"]["scale"] == whole_scale
+    assert checkpoints.load_checkpoint(tmp_path / "resumed")["scaler"]["scale"] == whole_scale
     for column in ["train_loss", "val_loss", "val_top1", "lr"]:
         assert resumed[column].tolist() == pytest.approx(whole[column].tolist(), rel=1e-6, abs=1e-9), column
 

@@ -123,14 +123,14 @@ def main(argv=None):
         if not_a_folder:
             parser.error(f"argument --{name.replace('_', '-')}: {not_a_folder} is a file, not a folder")
 
-    from clip_helpers import rehearsal
+    from clip_helpers import downloads, rehearsal
 
     use_this_python_kernel()
     out_dir, data_dir = Path(args.out).resolve(), Path(args.data_dir).resolve()
     banner = None
     if args.rehearsal:
         rehearsal.build(data_dir)
-        os.environ[rehearsal.SKIP_CHECKSUMS] = "1"  # the kernels papermill starts inherit it
+        os.environ[downloads.SKIP_CHECKSUMS] = "1"  # the kernels papermill starts inherit it
         banner = rehearsal.BANNER
     try:
         profile, reason = get_profile(args.profile, data_dir)  # "auto" is decided once, for every notebook

@@ -1,0 +1,80 @@
+"""A lesson's start-up: which profile runs and why, its folders, its model, where its figures and metrics go.
+
+Each notebook starts with one call, after its papermill parameters cell:
+
+    lesson = course.start("07_zero_shot", profile, profile_reason=profile_reason, data_dir=data_dir,
+                          out_dir=out_dir, seed=seed, interactive=interactive)
+    model, preprocess = lesson.load_model()
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import plots
+from .profiles import Profile, describe, get_profile
+from .recipes import load_model
+
+
+def project_path(path) -> Path:
+    """A relative path taken from the project root: Jupyter starts kernels in notebooks/, papermill where it runs."""
+    path = Path(path)
+    here = Path.cwd()
+    if not path.is_absolute() and here.name == "notebooks" and (here.parent / "clip_helpers").is_dir():
+        return here.parent / path
+    return path
+
+
+def save_metrics(out_dir, notebook: str, key: str, value, **details) -> dict:
+    """Write <out_dir>/metrics/<notebook>.json: the notebook's key number (for run_notebooks' summary) and details."""
+    path = Path(out_dir) / "metrics" / f"{notebook}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"notebook": notebook, "key": key, "value": value, **details}
+    path.write_text(json.dumps(record, indent=1, default=float))
+    return record
+
+
+@dataclass
+class Lesson:
+    """One notebook's run: its profile, folders and seed; its model once load_model() has loaded it."""
+    notebook: str
+    profile: Profile
+    data_dir: Path
+    out_dir: Path
+    seed: int = 0
+    interactive: bool = True
+    training_history: pd.DataFrame | None = field(default=None, repr=False)  # the mini-CLIP's, when it was loaded
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.out_dir / "figures"
+
+    def save_figure(self, fig, name: str) -> Path:
+        return plots.save_figure(fig, name, self.figures_dir)
+
+    def save_metrics(self, key: str, value, **details) -> dict:
+        """Record the notebook's key number (and details) for run_notebooks' summary, and print it."""
+        record = save_metrics(self.out_dir, self.notebook, key, value, profile=self.profile.name, **details)
+        print(f"key number: {record['key']} = {record['value']}")
+        return record
+
+    def load_model(self, model_name: str | None = None):
+        """(model, preprocess) of the profile (or `model_name`), saying which model runs where."""
+        model_name = model_name or self.profile.model
+        model, preprocess, self.training_history = load_model(model_name, self.data_dir, mini_recipe=self.profile.mini_recipe,
+                                                              progress=self.interactive)
+        print(f"{model_name} on {model.positional_embedding.device}: image tower {type(model.visual).__name__}, "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters")
+        return model, preprocess
+
+
+def start(notebook: str, profile: str = "auto", profile_reason: str = "", data_dir="data", out_dir="outputs",
+          seed: int = 0, interactive: bool = True) -> Lesson:
+    """The lesson, its profile chosen and printed with the reason (tools/run_notebooks.py gives profile_reason)."""
+    data_dir, out_dir = project_path(data_dir), project_path(out_dir)
+    torch.manual_seed(seed)
+    chosen, reason = get_profile(profile, data_dir)
+    print(describe(chosen, profile_reason or reason))
+    return Lesson(notebook, chosen, data_dir, out_dir, seed, interactive)

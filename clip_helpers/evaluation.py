@@ -1,0 +1,51 @@
+"""Validation during fine-tuning: zero-shot top-1 on held-back images, the loss, and the report's in-batch score."""
+import torch
+
+from .device import amp_context
+from .losses import clip_loss
+from .quantize import int8_image_tower
+from .zeroshot import scores
+
+
+def inbatch_accuracy(logits_per_image: torch.Tensor) -> float:
+    """The report's evaluateModel score for one batch (a count): is image i's best caption caption i?
+
+    Exactly as the report computes it: its "text" half takes argmax(logits_per_text, dim=0), which is the
+    image half again (logits_per_text is the transpose), so both halves count image->text matches. With
+    several images of one class in a batch their captions are identical and at most one of them can win:
+    this measures in-batch matching, not classification.
+    """
+    truth = torch.arange(len(logits_per_image), device=logits_per_image.device)
+    images_right = (logits_per_image.argmax(dim=1) == truth).sum().item()
+    texts_right = (logits_per_image.T.argmax(dim=0) == truth).sum().item()
+    return (images_right + texts_right) / 2
+
+
+@torch.inference_mode()
+def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | None = "auto",
+                      int8: bool = False) -> dict[str, float]:
+    """val_loss, val_top1 (zero-shot, %) and val_inbatch_acc (the report's metric, %) over `val_loader`.
+
+    The class prompts were encoded once into `classifier`; row c also serves as the caption of class c.
+    int8=True encodes the images with clip_helpers.quantize.int8_image_tower(model), made once here.
+    """
+    device = model.positional_embedding.device
+    logit_scale = model.logit_scale.exp().float()
+    if int8:
+        model = int8_image_tower(model)
+    classifier = classifier.to(device)
+    all_features, all_labels, total_loss, inbatch_right = [], [], 0.0, 0.0
+    for images, labels in val_loader:
+        with amp_context(device, amp):
+            image_features = model.encode_image(images.to(device)).float()
+        labels = labels.to(device)
+        text_features = classifier[labels]
+        total_loss += clip_loss(image_features, text_features, logit_scale, labels).item() * len(labels)
+        logits = logit_scale * (image_features / image_features.norm(dim=-1, keepdim=True)) @ text_features.T
+        inbatch_right += inbatch_accuracy(logits)
+        all_features.append(image_features.cpu())
+        all_labels.append(labels.cpu())
+    labels = torch.cat(all_labels)
+    return {"val_loss": total_loss / len(labels),
+            "val_top1": scores(torch.cat(all_features), labels, classifier.cpu())["top1"],
+            "val_inbatch_acc": 100 * inbatch_right / len(labels)}

@@ -1,0 +1,167 @@
+"""Recipes that put the pieces together: the mini-CLIP trained on shapes, loading a profile's model, and
+fine-tuning a named model on a named source (the command line's and `make reproduce`'s fine-tuning)."""
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .data import random_subset, split
+from .device import get_device
+from .evaluation import validation_scores
+from .files import save_atomically
+from .models import build_random_clip, load_clip, preprocess_for
+from .shapes import SHAPES_TEMPLATES
+from .sources import open_source, source_name
+from .train import TrainConfig, fine_tune, train_loader_for
+from .zeroshot import build_classifier
+
+# The mini-CLIP's recipe (its accuracy and time: the README and notebook 08 print them).
+MINI_RECIPE = dict(n_per_class=100, val_fraction=0.2, num_epochs=12, batch_size=128, lr=2e-3,
+                   weight_decay=0.1, warmup_fraction=0.1, seed=0, amp="auto")
+# The same task for the ViT mini-CLIP (models.MINI_VIT_CLIP), which needs more, smaller steps than the ResNet.
+# Used to check int8 evaluation (benchmarks/finetune_speed.py --accuracy).
+MINI_VIT_RECIPE = dict(MINI_RECIPE, architecture="mini-vit", num_epochs=30, batch_size=64, lr=1e-3)
+# Seconds, for tests and the smoke profile: proves the pipeline runs, learns little.
+SMOKE_RECIPE = dict(n_per_class=4, val_fraction=0.25, num_epochs=1, batch_size=32, lr=2e-3,
+                    weight_decay=0.1, warmup_fraction=0.1, seed=0, amp="auto")
+RECIPES = {"default": MINI_RECIPE, "smoke": SMOKE_RECIPE}
+
+
+def rendered(dataset) -> TensorDataset:
+    """The dataset drawn once into a TensorDataset: shapes are drawn in PIL, too slow to redo every epoch."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    return TensorDataset(torch.stack(images), torch.tensor(labels))
+
+
+def recipe_key(recipe: dict) -> str:
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def shapes_splits(recipe: dict, preprocess):
+    """(train, val, held_out, class_names): val holds unseen images of seen pairs, held_out the HELD_OUT pairs."""
+    seen = open_source("shapes", "train", n_per_class=recipe["n_per_class"], transform=preprocess, seed=recipe["seed"])
+    train, val = split(seen.dataset, recipe["val_fraction"], seed=recipe["seed"])
+    n_held_out = max(1, round(recipe["n_per_class"] * recipe["val_fraction"]))
+    held_out = open_source("shapes", "held_out", n_per_class=n_held_out, transform=preprocess, seed=recipe["seed"])
+    return rendered(train), rendered(val), rendered(held_out.dataset), seen.class_names
+
+
+def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrain: bool = False,
+                    progress: bool = True, device="cpu") -> tuple[torch.nn.Module, object, pd.DataFrame]:
+    """(model, preprocess, history): MINI_CLIP trained from scratch on clip_helpers.shapes, cached on disk.
+
+    The file name carries a hash of the recipe, so the smoke recipe never overwrites the real one. The
+    recipe's "architecture" (default "mini") names the model in models.ARCHITECTURES. The history gains a
+    last column, held_out_top1: zero-shot top-1 (%) on colour/shape pairs never trained on.
+    """
+    recipe = {**MINI_RECIPE, **(recipe or {})}
+    path = Path(cache_dir) / f"mini-clip-shapes-{recipe_key(recipe)}.pt"
+    history_path = path.with_suffix(".csv")
+    if path.is_file() and history_path.is_file() and not retrain:
+        try:
+            model, preprocess = load_clip(str(path), device=device)
+            # histories cached before the column was renamed say heldout_top1
+            return model, preprocess, pd.read_csv(history_path).rename(columns={"heldout_top1": "held_out_top1"})
+        except ValueError as error:  # load_clip's messages for a damaged file; pandas' EmptyDataError is one too
+            warnings.warn(f"The cached mini-CLIP {path} is unusable, so it is trained again: {error}", stacklevel=2)
+    model = build_random_clip(recipe.get("architecture", "mini"), seed=recipe["seed"]).to(device)
+    history = fit_on_shapes(model, recipe, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(model.state_dict(), path)
+    history.to_csv(history_path, index=False)
+    return model.eval(), preprocess_for(32), history
+
+
+def fit_on_shapes(model, recipe: dict, progress: bool = True) -> pd.DataFrame:
+    """Train `model` in place with fine_tune on the shapes splits of `recipe`; its history, with held_out_top1."""
+    train, val, held_out, class_names = shapes_splits(recipe, preprocess_for(32))
+    config = TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
+                         lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
+                         seed=recipe["seed"], amp=recipe["amp"], progress=progress)
+    history = fine_tune(model, train_loader_for(train, recipe["batch_size"], recipe["seed"]),
+                        DataLoader(val, batch_size=256), config)
+    history["held_out_top1"] = held_out_top1(model, held_out, class_names, SHAPES_TEMPLATES)
+    return history
+
+
+def held_out_top1(model, dataset, class_names: list[str], templates: list[str]) -> float:
+    """Zero-shot top-1 (%) over all classes on `dataset`: images of pairs the model never saw captioned."""
+    classifier = build_classifier(model.eval(), class_names, templates)
+    return validation_scores(model, DataLoader(dataset, batch_size=256), classifier)["val_top1"]
+
+
+def load_model(model_name: str, data_dir="data", device=None, mini_recipe: str = "default",
+               progress: bool = True) -> tuple[torch.nn.Module, object, pd.DataFrame | None]:
+    """(model, preprocess, history): pretrained weights via load_clip (history None), or for "mini" the
+    kit's mini-CLIP trained on shapes by train_mini_clip, cached in <data_dir>/weights after the first run.
+
+    mini_recipe: "default" (MINI_RECIPE, a few CPU minutes) or "smoke" (SMOKE_RECIPE, seconds).
+    """
+    device = device or get_device()
+    download_root = Path(data_dir) / "weights"
+    if model_name == "mini":
+        return train_mini_clip(RECIPES[mini_recipe], cache_dir=download_root, progress=progress, device=device)
+    model, preprocess = load_clip(model_name, device=device, download_root=download_root)
+    return model, preprocess, None
+
+
+def check_size(name: str, size) -> None:
+    if size is not None and not (isinstance(size, int) and size >= 1):
+        raise ValueError(f"{name} must be a whole number >= 1 (or None: all of them), not {size!r}")
+
+
+def train_and_val_sets(source: str, preprocess, data_dir, train_size: int | None, val_size: int | None, seed: int = 0):
+    """(train, val, opened source): the official split where there is one (CIFAR-10: validate on its test set),
+    else a stratified 80/20 split of the pool (the report validated on training rows); then random subsets."""
+    check_size("train_size", train_size)
+    check_size("val_size", val_size)
+    opened = open_source(source, "train", data_dir=data_dir, transform=preprocess, seed=seed)
+    if opened.has_test_split:
+        train, val = opened.dataset, open_source(source, "test", data_dir=data_dir, transform=preprocess).dataset
+    else:
+        train, val = split(opened.dataset, val_fraction=0.2, seed=seed)
+    return random_subset(train, train_size, seed), random_subset(val, val_size, seed), opened
+
+
+def default_run(model_name: str, source: str) -> str:
+    """The run folder's name when none is given, e.g. caltech256-ViT-B-32."""
+    return f"{source_name(source)}-{model_name.replace('/', '-')}"
+
+
+def default_lr(model_name: str) -> float:
+    return MINI_RECIPE["lr"] if model_name == "mini" else 1e-5
+
+
+def fine_tune_on(*, model_name: str = "ViT-B/32", source: str = "caltech256", num_epochs: int = 5,
+                 batch_size: int = 32, lr: float | None = None, train_size: int | None = 5000,
+                 val_size: int | None = 1000, run: str | None = None, resume: bool | str = False, device=None,
+                 data_dir="data", workers: int = 0, progress: bool = True, int8_eval: bool = False,
+                 overwrite: bool = False) -> tuple[torch.nn.Module, pd.DataFrame]:
+    """(model, history): load `model_name`, fine-tune it on `source` (a name or a folder) with the kit's loop.
+
+    The defaults follow the report (ViT-B/32, Caltech-256, ~5000 training and 1000 validation images).
+    lr defaults to 1e-5 for pretrained weights and to MINI_RECIPE's for the from-scratch "mini" model.
+    int8_eval validates with an int8 copy of a ViT image tower: faster on a CPU, not exact.
+    resume: True continues the run (refused when there is none), "auto" continues it if there is one;
+    overwrite=True lets a new run replace the one in the run folder.
+    """
+    check_size("train_size", train_size)
+    check_size("val_size", val_size)
+    device = device or get_device()
+    model, preprocess = load_clip(model_name, device=device, download_root=str(Path(data_dir) / "weights"))
+    train, val, opened = train_and_val_sets(source, preprocess, data_dir, train_size, val_size)
+    run = run or default_run(model_name, source)
+    config = TrainConfig(class_names=opened.class_names, templates=opened.train_templates,
+                         eval_templates=opened.templates, num_epochs=num_epochs,
+                         lr=default_lr(model_name) if lr is None else lr,
+                         run_dir=str(Path(data_dir) / "runs" / run), resume=resume, overwrite=overwrite,
+                         run_settings={"model": model_name, "dataset": source}, progress=progress,
+                         int8_eval=int8_eval)
+    pin = str(device).startswith("cuda")
+    history = fine_tune(model, train_loader_for(train, batch_size, config.seed, workers),
+                        DataLoader(val, batch_size=batch_size, num_workers=workers, pin_memory=pin), config)
+    return model, history

@@ -1,0 +1,93 @@
+"""The dataset registry: a source name, or a folder of your own photos, -> its images, class names and prompts.
+
+Sources: "shapes" (clip_helpers.shapes, no download), "cifar10", "caltech256", "photos" (scikit-image's eight
+photos, no download), or the path of a folder with one sub-folder of images per class (data.ImageFolderCaptions):
+a teacher can run the course on their own photos that way.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .data import ImageFolderCaptions, caltech256, cifar10, classes_of, per_class_subset, targets_of
+from .photos import write_photos
+from .shapes import SHAPES_TEMPLATES, ShapesDataset
+from .text import CIFAR10_TEMPLATES
+
+SOURCES = ("shapes", "cifar10", "caltech256", "photos")
+SHAPES_PER_CLASS = 100  # images drawn per shapes class when n_per_class is None (shapes are drawn, not stored)
+
+
+@dataclass(frozen=True)
+class Source:
+    """An opened source. dataset yields (image, label), label indexing class_names.
+
+    templates: the zero-shot prompts (and the notebooks' training captions); train_templates: the command
+    line's fine-tuning captions, the report's bare class name for photographs. has_test_split: False for a
+    pool of images (Caltech-256, a folder, the photos, shapes), which data.split cuts into train and validation.
+    """
+    dataset: Dataset
+    class_names: list[str]
+    templates: list[str]
+    train_templates: list[str]
+    has_test_split: bool
+
+
+def open_source(source: str, split: str = "train", *, n_per_class: int | None = None, data_dir="data",
+                transform=None, seed: int = 0) -> Source:
+    """The source's images of `split`, at most n_per_class of each class (None: all), drawn with `seed`.
+
+    split: "train" or "test" (CIFAR-10's official split); "shapes" also takes "held_out" (the colour/shape pairs
+    never trained on) and "all", and its "test" is the seen pairs drawn with your seed. A pool (Caltech-256, the
+    photos, a folder) has no split: every split is the whole pool.
+    """
+    if source == "shapes":
+        if split not in ("train", "test", "held_out", "all"):
+            raise ValueError(f'split of "shapes" must be "train", "test", "held_out" or "all", not {split!r}')
+        dataset = ShapesDataset({"test": "train", "held_out": "heldout"}.get(split, split),
+                                n_per_class=n_per_class or SHAPES_PER_CLASS, seed=seed, transform=transform)
+        return Source(dataset, list(dataset.classes), SHAPES_TEMPLATES, SHAPES_TEMPLATES, has_test_split=False)
+    if source == "cifar10":
+        if split not in ("train", "test"):
+            raise ValueError(f'split of "cifar10" must be "train" or "test", not {split!r}')
+        dataset, has_test_split = cifar10(root=data_dir, train=(split == "train"), transform=transform), True
+    elif split not in ("train", "test", "all"):
+        raise ValueError(f'{source!r} is one pool of images: split must be "train", "test" or "all", not {split!r}')
+    elif source == "caltech256":
+        dataset, has_test_split = caltech256(root=data_dir, transform=transform), False
+    elif source == "photos":
+        dataset, has_test_split = ImageFolderCaptions(write_photos(data_dir), transform=transform), False
+    elif Path(source).is_dir():
+        dataset, has_test_split = ImageFolderCaptions(source, transform=transform), False
+    else:
+        raise ValueError(f"Unknown source {source!r}: choose one of {SOURCES}, or give the path of a folder with "
+                         f"one sub-folder of images per class (e.g. my_photos/cat/1.jpg, my_photos/dog/2.jpg).")
+    dataset = per_class_subset(dataset, n_per_class, seed)
+    return Source(dataset, classes_of(dataset), CIFAR10_TEMPLATES, ["{}"], has_test_split)
+
+
+def source_name(source: str) -> str:
+    """A short name for tables and titles: the source itself, or a folder's own name."""
+    return source if source in SOURCES else Path(source).name
+
+
+def zero_shot_test_sets(source: str, n_per_class: int, *, data_dir="data", transform=None,
+                        seed: int = 0) -> dict[str, Source]:
+    """{name: opened test set}: for shapes the seen and the held-out pairs, for any other source its test images."""
+    if source == "shapes":
+        return {name: open_source(source, split, n_per_class=n_per_class, transform=transform, seed=seed)
+                for name, split in (("seen pairs", "test"), ("held-out pairs", "held_out"))}
+    opened = open_source(source, "test", n_per_class=n_per_class, data_dir=data_dir, transform=transform, seed=seed)
+    return {f"{source_name(source)} test": opened}
+
+
+def examples(source: str, n: int, data_dir="data", seed: int = 0) -> tuple[list, list[int], list[str]]:
+    """(images, labels, class_names): n PIL images of n different classes, spread over the class list."""
+    opened = open_source(source, "test", n_per_class=1, data_dir=data_dir, seed=seed)
+    labels = np.array(targets_of(opened.dataset))
+    present = np.unique(labels)
+    wanted = present[np.linspace(0, len(present) - 1, min(n, len(present))).round().astype(int)]
+    picks = [int(np.flatnonzero(labels == label)[0]) for label in wanted]
+    images, labels = zip(*(opened.dataset[i] for i in picks))
+    return list(images), list(labels), opened.class_names
