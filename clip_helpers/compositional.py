@@ -147,7 +147,8 @@ def binding_test(model, preprocess, n_scenes: int = 100, seed: int = 0, scene_si
     Crops: each object's box is cropped and resized to `object_size`, a single-shape image like the training
     ones; the true assignment (crop 1 "a c1 s1.", crop 2 "a c2 s2.") is scored against the swapped one by
     the sum of the two cosines (`crop credit`), and each crop is classified among the 36 classes with
-    SHAPES_TEMPLATES (`crops right`: both crops right).
+    SHAPES_TEMPLATES (`crops right`: both crops right). A control for the shrinking: `scene names an
+    object` is whether the whole scene's 36-way class is one of its two objects (chance 2/36).
     """
     classifier = build_classifier(model, class_names_for(), SHAPES_TEMPLATES)
     rows = []
@@ -163,13 +164,15 @@ def binding_test(model, preprocess, n_scenes: int = 100, seed: int = 0, scene_si
         crop_text = text_features_of(model, names)
         crop_true = crop_features[0] @ crop_text[0] + crop_features[1] @ crop_text[1]
         crop_swapped = crop_features[0] @ crop_text[2] + crop_features[1] @ crop_text[3]
-        predicted = (crop_features @ classifier.T.to(crop_features.device)).argmax(dim=1).tolist()
+        classifier = classifier.to(crop_features.device)
+        predicted = (crop_features @ classifier.T).argmax(dim=1).tolist()
         truth = [class_names_for().index(f"{c} {s}") for c, s in objects]
+        scene_class = int((scene_features @ classifier.T).argmax())
         rows.append({"scene": index, "true sentence": sentence(objects), "swapped sentence": sentence(swapped),
                      "scene cos true": float(scene_features[0] @ true_text),
                      "scene cos swapped": float(scene_features[0] @ swapped_text),
                      "crop score true": float(crop_true), "crop score swapped": float(crop_swapped),
-                     "crops right": predicted == truth})
+                     "crops right": predicted == truth, "scene names an object": scene_class in truth})
     table = pd.DataFrame(rows)
     table["scene credit"] = binding_credit(torch.tensor(table["scene cos true"].to_numpy()),
                                            torch.tensor(table["scene cos swapped"].to_numpy())).numpy()
@@ -179,15 +182,17 @@ def binding_test(model, preprocess, n_scenes: int = 100, seed: int = 0, scene_si
 
 
 def binding_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Binding accuracy (%) with its standard error, beside chance, from binding_test's table."""
+    """Binding accuracy (%) with its standard error, beside chance, from binding_test's table; `ties` counts
+    scenes whose two descriptions scored the same (half credit each)."""
     n = len(table)
     rows = {}
     for name, column, chance in (("whole scene, true vs swapped sentence", "scene credit", 50.0),
                                  ("crops, true vs swapped assignment", "crop credit", 50.0),
-                                 ("crops, both classified right (36-way)", "crops right", 100 / 36 ** 2)):
+                                 ("crops, both classified right (36-way)", "crops right", 100 / 36 ** 2),
+                                 ("whole scene, 36-way class is one of its objects", "scene names an object", 200 / 36)):
         values = table[column].astype(float)
         rows[name] = {"accuracy (%)": 100 * values.mean(), "standard error (%)": 100 * values.std(ddof=1) / np.sqrt(n),
-                      "chance (%)": chance, "n scenes": n}
+                      "chance (%)": chance, "ties": int((values == 0.5).sum()), "n scenes": n}
     return pd.DataFrame(rows).T
 
 

@@ -116,7 +116,7 @@ def test_binding_credit_by_hand_on_known_features():
 
 def test_binding_summary_is_the_mean_credit_with_its_standard_error():
     table = pd.DataFrame({"scene credit": [1.0, 0.0, 0.5, 1.0], "crop credit": [1.0, 1.0, 1.0, 0.0],
-                          "crops right": [True, False, False, False]})
+                          "crops right": [True, False, False, False], "scene names an object": [True] * 4})
     summary = comp.binding_summary(table)
     scene = summary.loc["whole scene, true vs swapped sentence"]
     assert scene["accuracy (%)"] == pytest.approx(62.5)
@@ -124,6 +124,7 @@ def test_binding_summary_is_the_mean_credit_with_its_standard_error():
     assert summary.loc["crops, true vs swapped assignment", "accuracy (%)"] == pytest.approx(75)
     assert summary.loc["crops, both classified right (36-way)", "accuracy (%)"] == pytest.approx(25)
     assert (summary["chance (%)"].iloc[:2] == 50).all()
+    assert scene["ties"] == 1 and summary.loc["crops, true vs swapped assignment", "ties"] == 0
 
 
 def test_binding_test_matches_clips_own_forward(mini):
@@ -147,9 +148,14 @@ def test_binding_test_matches_clips_own_forward(mini):
     assert row["crop score true"] == pytest.approx((cos[1, 2] + cos[2, 3]).item(), abs=1e-5)
     assert row["crop score swapped"] == pytest.approx((cos[1, 4] + cos[2, 5]).item(), abs=1e-5)
     assert row["scene credit"] == float(cos[0, 0] > cos[0, 1])
+    from clip_helpers import zeroshot
+    classifier = zeroshot.build_classifier(mini, comp.class_names_for(), SHAPES_TEMPLATES)
+    scene_class = comp.class_names_for()[int((images[0] @ classifier.T).argmax())]
+    assert row["scene names an object"] == (scene_class in [f"{c} {s}" for c, s in objects])
     assert set(comp.binding_summary(table).index) == {"whole scene, true vs swapped sentence",
                                                      "crops, true vs swapped assignment",
-                                                     "crops, both classified right (36-way)"}
+                                                     "crops, both classified right (36-way)",
+                                                     "whole scene, 36-way class is one of its objects"}
 
 
 # ---------------------------------------------------------------- held-out pairs over seeds
