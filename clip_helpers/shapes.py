@@ -27,6 +27,27 @@ SHAPES_TEMPLATES = [
     "a small {}.",
     "a big {}.",
 ]
+# Prompts the mini-CLIP never trained on (clip_helpers.compositional tests them). The first list reorders the
+# training captions' own words; the second brings words ("an", "image", "this", "is", ...) that no training
+# caption holds, whose token embeddings therefore never received a gradient: they are still random.
+SHAPES_RECOMBINED_TEMPLATES = [
+    "a picture of a small {}.",
+    "a big {} on a plain background.",
+    "a drawing of a big {}.",
+    "a photo of a {} on a plain background.",
+]
+SHAPES_NEW_WORD_TEMPLATES = [
+    "an image of a {}.",
+    "a {} drawn on paper.",
+    "this is a {}.",
+    "there is a {} here.",
+]
+# Synonyms are all new words to the mini-CLIP (its captions use 23 distinct tokens); some are one BPE token,
+# others several ("quadrilateral" is quad+ril+ateral, "pentagram" pent+agram, "tangerine" one).
+COLOUR_SYNONYMS = {"red": "crimson", "green": "emerald", "blue": "navy",
+                   "yellow": "golden", "purple": "violet", "orange": "tangerine"}
+SHAPE_SYNONYMS = {"circle": "disc", "square": "quadrilateral", "triangle": "wedge",
+                  "star": "pentagram", "cross": "plus", "heart": "valentine"}
 SUPERSAMPLE = 4  # shapes are drawn 4x larger then shrunk with antialiasing, so edges stay clean at 32 px
 
 
