@@ -121,7 +121,13 @@ def kit_precisions(device):
     return {"kit": None} | ({"kit_bf16": "bfloat16"} if bf16 else {})
 
 
-def time_training(base, batch, device, steps, warmup):
+def matmul_probe(device, size, dtype):
+    """(fn, gflop): ten `dtype` products of two size x size matrices, the work one call of fn does."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    return (lambda: [a @ b for _ in range(10)]), 2 * size ** 3 * 10 / 1e9
+
+
+def time_training(base, batch, device, steps, warmup, matmul_size=2048):
     """(figures, report_model, kit_model). figures: "report", "kit" (fp32) and, where bf16 is hardware,
     "kit_bf16" images/s over `steps` timed steps each after `warmup` untimed ones; "<name>_gflop" per step;
     "kit_optimizer_seconds", the kit's AdamW update alone (work every exact step must do besides its matrix
@@ -137,12 +143,18 @@ def time_training(base, batch, device, steps, warmup):
         report.trainStep(report_model, report_optimizer, report_batch, device).item()  # its loop calls .item()
 
     kits = {name: kit_step_for(base, device, images, labels, texts, amp) for name, amp in kit_precisions(device).items()}
-    fns = {"report": report_step} | {name: step for name, (_, _, step) in kits.items()}
-    times = interleaved_seconds(list(fns.values()), device, steps, warmup)
-    figures = {name: steps * len(images) / t for name, t in zip(fns, times)}
-    figures |= {f"{name}_gflop": step_gflop(fn) for name, fn in fns.items()}
-    # AdamW on the gradients of the step just counted; the same fp32 master weights under either precision.
-    figures["kit_optimizer_seconds"] = seconds(kits["kit"][1].step, device)
+    steps_fns = {"report": report_step} | {name: step for name, (_, _, step) in kits.items()}
+    # The ceiling's parts (matrix-product rate, AdamW's update on the kit's gradients) are timed inside the same
+    # rounds as the steps: timed apart, a busy moment of the machine would put the kit above its own ceiling.
+    probes = {"": matmul_probe(device, matmul_size, torch.float32)}
+    if "kit_bf16" in kits:
+        probes["bf16_"] = matmul_probe(device, matmul_size, torch.bfloat16)
+    fns = steps_fns | {f"{prefix}matmul": fn for prefix, (fn, _) in probes.items()} | {"adamw": kits["kit"][1].step}
+    times = dict(zip(fns, interleaved_seconds(list(fns.values()), device, steps, warmup)))
+    figures = {name: steps * len(images) / times[name] for name in steps_fns}
+    figures |= {f"{name}_gflop": step_gflop(fn) for name, fn in steps_fns.items()}
+    figures |= {f"{prefix}matmul_rate": steps * gflop / times[f"{prefix}matmul"] for prefix, (_, gflop) in probes.items()}
+    figures["kit_optimizer_seconds"] = times["adamw"] / steps
     figures["fused_adamw"] = bool(kits["kit"][1].defaults.get("fused"))
     return figures, report_model, kits["kit"][0]
 
@@ -194,7 +206,7 @@ def training_ceilings(training, batch_size, device, matmul_size=2048):
     result = {}
     precisions = {"": torch.float32} | ({"bf16_": torch.bfloat16} if "kit_bf16" in training else {})
     for prefix, dtype in precisions.items():
-        rate = matmul_gflop_per_s(device, matmul_size, dtype=dtype)
+        rate = training.get(f"{prefix}matmul_rate") or matmul_gflop_per_s(device, matmul_size, dtype=dtype)
         kit = "kit_bf16" if prefix else "kit"
         ceiling = batch_size / (training[f"{kit}_gflop"] / rate + training["kit_optimizer_seconds"])
         result |= {f"{prefix}matmul_gflop_per_s": round(rate, 1), f"{prefix}ceiling_images_per_s": round(ceiling, 3),
@@ -328,15 +340,16 @@ def main(argv=None):
     print(f"{args.model}, batch {args.batch_size}, device {device}, {torch.get_num_threads()} CPU threads, "
           f"kit autocast by default {autocast_dtype(device)}; {warmup} warm-up + {steps} timed steps each, interleaved")
 
-    training, report_model, kit_model = time_training(base, batches[0], device, steps, warmup)
+    matmul_size = args.matmul_size or (2048 if on_cpu else 8192)
+    training, report_model, kit_model = time_training(base, batches[0], device, steps, warmup, matmul_size)
     report_train, kit_train = training["report"], training["kit"]
     for name in ("kit", "kit_bf16"):
         if name in training:
             print(f"train step  report {report_train:7.2f} images/s   {name:8s} {training[name]:7.2f} images/s   "
                   f"{name}/report {training[name] / report_train:5.2f}x")
-    ceilings = training_ceilings(training, args.batch_size, device, args.matmul_size or (2048 if on_cpu else 8192))
+    ceilings = training_ceilings(training, args.batch_size, device, matmul_size)
     print(f"            one step is {training['report_gflop']:.0f} GFLOP (report) and {training['kit_gflop']:.0f} GFLOP "
-          f"(kit). At the best measured fp32 matmul rate, {ceilings['matmul_gflop_per_s']:.0f} GFLOP/s, plus AdamW's "
+          f"(kit). At the fp32 matmul rate measured in the same rounds, {ceilings['matmul_gflop_per_s']:.0f} GFLOP/s, plus AdamW's "
           f"{training['kit_optimizer_seconds']:.2f} s, an exact fp32 step cannot exceed {ceilings['ceiling_images_per_s']:.2f}"
           f" images/s; the kit's runs at {ceilings['kit_fraction_of_ceiling']:.0%} of that (target {FRACTION_TARGET:.0%})")
     if "kit_bf16" in training:
