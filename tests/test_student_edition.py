@@ -228,3 +228,20 @@ def test_the_student_edition_of_the_course_stops_at_its_first_exercise(name, tmp
     assert all(cell.execution_count is not None for cell in executed[:check + 1])  # all before it ran, then it
     assert all(cell.execution_count is None for cell in executed[check + 1:])  # nothing after it
     assert not (out / "metrics" / f"{name}.json").exists()  # the last cell never ran
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_every_check_passes_on_the_notebooks_reference_solution(path, capsys):
+    """Each exercise cell of the instructor edition, run with its check cell alone (torch as the notebook's first
+    cells import it): the check says Correct. The smoke run of test_notebooks runs them in place, slower."""
+    import torch
+
+    notebook = nbformat.read(path, as_version=4)
+    for index, cell in solution_cells(notebook):
+        if cell.cell_type != "code":
+            continue
+        namespace = {"torch": torch}
+        exec(compile(cell.source, f"{path.name} cell {index + 1}", "exec"), namespace)
+        capsys.readouterr()
+        exec(compile(notebook.cells[index + 1].source, f"{path.name} cell {index + 2}", "exec"), namespace)
+        assert capsys.readouterr().out.startswith("Correct:"), f"{path.name} cell {index + 1}"
