@@ -50,6 +50,11 @@ def shapes_splits(recipe: dict, preprocess):
     return rendered(train), rendered(val), rendered(held_out.dataset), seen.class_names
 
 
+def mini_clip_path(recipe: dict | None = None, cache_dir="data/weights") -> Path:
+    """Where train_mini_clip caches the mini-CLIP of `recipe` (its file exists once it has been trained)."""
+    return Path(cache_dir) / f"mini-clip-shapes-{recipe_key({**MINI_RECIPE, **(recipe or {})})}.pt"
+
+
 def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrain: bool = False,
                     progress: bool = True, device="cpu") -> tuple[torch.nn.Module, object, pd.DataFrame]:
     """(model, preprocess, history): MINI_CLIP trained from scratch on clip_helpers.shapes, cached on disk.
@@ -59,7 +64,7 @@ def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrai
     last column, held_out_top1: zero-shot top-1 (%) on colour/shape pairs never trained on.
     """
     recipe = {**MINI_RECIPE, **(recipe or {})}
-    path = Path(cache_dir) / f"mini-clip-shapes-{recipe_key(recipe)}.pt"
+    path = mini_clip_path(recipe, cache_dir)
     history_path = path.with_suffix(".csv")
     if path.is_file() and history_path.is_file() and not retrain:
         try:

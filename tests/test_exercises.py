@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_helpers import checks, data, losses, similarity, zeroshot
-from clip_helpers.checks import ExerciseFailed, train as train_checks, zeroshot as zeroshot_checks
+from clip_helpers import checks, data, losses, probe, retrieval, similarity, zeroshot
+from clip_helpers.checks import ExerciseFailed, encoders as encoder_checks, train as train_checks, zeroshot as zeroshot_checks
 from clip_helpers.text import encode_texts
 
 
@@ -18,7 +18,8 @@ def reference_lines() -> set:
     """Code lines of the reference solutions (docstrings and comments left out): none may reach the student."""
     functions = [similarity.cosine_similarity, similarity.normalize, similarity.similarity_matrix, losses.clip_loss,
                  losses.contrastive_targets, data.split, zeroshot.build_classifier, zeroshot_checks.reference_classifier,
-                 train_checks.reference_step, checks.loss_floor]
+                 train_checks.reference_step, checks.loss_floor, encoder_checks.reference_mask, probe.k_shot_indices,
+                 retrieval.ranks, retrieval.recall_at_k]
     lines = set()
     for function in functions:
         for line in inspect.getsource(function).splitlines():
@@ -455,6 +456,176 @@ def test_the_clipping_threshold_is_below_the_gradient_norm():
     images, tokens = train_checks.batches()[0]
     losses.clip_loss(model.encode_image(images), model.encode_text(tokens), model.logit_scale.exp()).backward()
     assert torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf) > 10 * train_checks.GRAD_CLIP
+
+
+# ---------------------------------------------------------------- the causal mask (02)
+
+def mask_of_clip(n):
+    """clip's own mask (build_attention_mask: -inf above the diagonal), turned into allowed/not allowed."""
+    from clip_helpers.models import build_random_clip
+    model = build_random_clip("mini", seed=0)
+    model.context_length = n
+    return model.build_attention_mask() == 0
+
+
+@pytest.mark.parametrize("answer", [lambda n: torch.ones(n, n).tril().bool(), mask_of_clip,
+                                    lambda n: [[1 if j <= i else 0 for j in range(n)] for i in range(n)]])
+def test_mask_check_accepts_correct_answers(answer, capsys):
+    assert_accepted(checks.check_causal_mask, answer, capsys)
+
+
+MASK_WRONG = {
+    "transposed": (lambda n: torch.ones(n, n).triu().bool(), "transposed"),
+    "no diagonal": (lambda n: torch.ones(n, n).tril(-1).bool(), "the diagonal is missing"),
+    "no mask": (lambda n: torch.ones(n, n, dtype=torch.bool), "no mask"),
+    "clip's additive form": (lambda n: torch.full((n, n), float("-inf")).triu(1), "additive form"),
+    "wrong shape": (lambda n: torch.ones(n).bool(), "an [1, 1] matrix"),
+}
+
+
+@pytest.mark.parametrize("name", MASK_WRONG)
+def test_mask_check_names_the_mistake(name, capsys):
+    answer, hint = MASK_WRONG[name]
+    assert_rejected(checks.check_causal_mask, answer, hint, capsys)
+
+
+# ---------------------------------------------------------------- each image's softmax over captions (06)
+
+@pytest.mark.parametrize("answer", [lambda s, l: F.softmax(l * s, dim=1),
+                                    lambda s, l: (l * s).exp() / (l * s).exp().sum(dim=1, keepdim=True)])
+def test_probability_check_accepts_correct_answers(answer, capsys):
+    assert_accepted(checks.check_caption_probabilities, answer, capsys)
+
+
+PROBABILITY_WRONG = {
+    "over images": (lambda s, l: F.softmax(l * s, dim=0), "softmax over the wrong axis"),
+    "no scale": (lambda s, l: F.softmax(s, dim=-1), "logit_scale not applied"),
+    "scale exponentiated": (lambda s, l: F.softmax(math.exp(l) * s.double(), dim=-1), "do not exponentiate"),
+    "scaled after": (lambda s, l: l * F.softmax(s, dim=-1), "applied after the softmax"),
+    "two mistakes": (lambda s, l: F.softmax(s, dim=0), "several things"),
+    "logits, not probabilities": (lambda s, l: l * s, "each row should be the softmax"),
+}
+
+
+@pytest.mark.parametrize("name", PROBABILITY_WRONG)
+def test_probability_check_names_the_mistake(name, capsys):
+    answer, hint = PROBABILITY_WRONG[name]
+    assert_rejected(checks.check_caption_probabilities, answer, hint, capsys)
+
+
+# ---------------------------------------------------------------- top-1 on held-out pairs (08)
+
+def restricted_to_present(image_features, labels, classifier):
+    """Chooses only among the classes that occur in labels, as if the model knew which pairs were held out."""
+    present = labels.unique()
+    predictions = present[(image_features @ classifier[present].T).argmax(dim=1)]
+    return 100 * (predictions == labels).float().mean().item()
+
+
+def test_held_out_check_accepts_the_kit_and_a_hand_version(capsys):
+    assert_accepted(checks.check_held_out_top1, lambda f, l, c: zeroshot.scores(f, l, c)["top1"], capsys)
+    assert_accepted(checks.check_held_out_top1, top1_by_hand, capsys)
+
+
+@pytest.mark.parametrize("answer, hint", [(restricted_to_present, "only among the classes present"),
+                                          (lambda f, l, c: top1_by_hand(f, l, c) / 100, "give a percentage"),
+                                          (lambda f, l, c: [1.0, 2.0], "return one number")])
+def test_held_out_check_names_the_mistake(answer, hint, capsys):
+    assert_rejected(checks.check_held_out_top1, answer, hint, capsys)
+
+
+def test_restricting_the_classes_inflates_every_held_out_case():
+    """Otherwise the check could not tell the restricted answer from the right one."""
+    for case in zeroshot_checks.held_out_cases():
+        assert restricted_to_present(*case) > zeroshot.scores(*case)["top1"]
+
+
+# ---------------------------------------------------------------- k-shot draws (09)
+
+def k_shot_by_hand(labels, k, seed):
+    rng, labels = np.random.default_rng(seed), np.asarray(labels)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < k:
+            raise ValueError(f"class {label} has only {len(members)} images")
+        chosen += rng.permutation(members)[:k].tolist()
+    return chosen
+
+
+def first_k(labels, k, seed):
+    labels = np.asarray(labels)
+    return [int(i) for label in np.unique(labels) for i in np.flatnonzero(labels == label)[:k]]
+
+
+def with_replacement(labels, k, seed):
+    rng, labels = np.random.default_rng(seed), np.asarray(labels)
+    return [int(i) for label in np.unique(labels) for i in rng.choice(np.flatnonzero(labels == label), k, replace=True)]
+
+
+def fewer_when_short(labels, k, seed):
+    rng, labels = np.random.default_rng(seed), np.asarray(labels)
+    return [int(i) for label in np.unique(labels) for i in rng.permutation(np.flatnonzero(labels == label))[:k]]
+
+
+@pytest.mark.parametrize("answer", [probe.k_shot_indices, k_shot_by_hand])
+def test_k_shot_check_accepts_correct_answers(answer, capsys):
+    assert_accepted(checks.check_k_shot, answer, capsys)
+
+
+K_SHOT_WRONG = {
+    "k in total": (lambda l, k, s: np.random.default_rng(s).permutation(len(l))[:k].tolist(), "k images of EVERY class"),
+    "first k of each class": (first_k, "all draw the same images"),
+    "with replacement": (with_replacement, "drawn more than once"),
+    "global random state": (lambda l, k, s: k_shot_by_hand(l, k, np.random.randint(1 << 30)), "same seed drew different"),
+    "fewer when a class is short": (fewer_when_short, "class 3 has only 4 images"),
+    "not written": (not_written, "not written yet"),
+}
+
+
+@pytest.mark.parametrize("name", K_SHOT_WRONG)
+def test_k_shot_check_names_the_mistake(name, capsys):
+    answer, hint = K_SHOT_WRONG[name]
+    assert_rejected(checks.check_k_shot, answer, hint, capsys)
+
+
+# ---------------------------------------------------------------- recall@k (10)
+
+def recall_by_hand(similarity, positives, k):
+    found = [bool(positives[q, similarity[q].argsort(descending=True)[:k]].any()) for q in range(len(similarity))]
+    return 100 * sum(found) / len(found)
+
+
+@pytest.mark.parametrize("answer", [lambda s, p, k: retrieval.recall_at_k(s, p, ks=(k,))[k], recall_by_hand])
+def test_recall_check_accepts_correct_answers(answer, capsys):
+    assert_accepted(checks.check_recall_at_k, answer, capsys)
+
+
+def first_partner_only(similarity, positives, k):
+    first = positives.int().argmax(dim=1)
+    top = similarity.topk(k, dim=1).indices
+    return 100 * (top == first[:, None]).any(dim=1).float().mean().item()
+
+
+RECALL_WRONG = {
+    "ascending": (lambda s, p, k: recall_by_hand(-s, p, k), "least similar first"),
+    "off by one": (lambda s, p, k: recall_by_hand(s, p, k + 1), "off by one"),
+    "first partner only": (first_partner_only, "only the first true partner counts"),
+    "fraction": (lambda s, p, k: recall_by_hand(s, p, k) / 100, "give a percentage"),
+    "per query": (lambda s, p, k: [recall_by_hand(s[q:q + 1], p[q:q + 1], k) for q in range(len(s))], "return one number"),
+}
+
+
+@pytest.mark.parametrize("name", RECALL_WRONG)
+def test_recall_check_names_the_mistake(name, capsys):
+    answer, hint = RECALL_WRONG[name]
+    assert_rejected(checks.check_recall_at_k, answer, hint, capsys)
+
+
+def test_the_stub_message_reaches_the_student(capsys):
+    def stub(*args):
+        raise NotImplementedError("Exercise (10_x.ipynb, cell 9): write the body of recall_at_k()")
+    assert_rejected(checks.check_recall_at_k, stub, "(Exercise (10_x.ipynb, cell 9): write the body", capsys)
 
 
 # ---------------------------------------------------------------- failures read as hints; open questions

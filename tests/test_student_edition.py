@@ -1,5 +1,6 @@
 """tools/make_student.py: solutions out, helpful stubs in, outputs cleared, bad markers refused."""
 import importlib.util
+import re
 from pathlib import Path
 
 import nbformat
@@ -148,3 +149,99 @@ def test_the_student_edition_runs_up_to_the_first_exercise_and_stops_there(tmp_p
     assert "cosine_similarity" in failure and "check_cosine_similarity(cosine_similarity)" in failure
     assert "starting 'assert abs(cosine_similarity(" in failure  # where the exercise is first used: its check
     assert (out / "before.txt").is_file() and not (out / "after.txt").exists()
+
+
+# ---------------------------------------------------------------- the course's own notebooks
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def solution_cells(notebook) -> list:
+    return [(index, cell) for index, cell in enumerate(notebook.cells) if make_student.is_nbgrader_solution(cell)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_every_notebook_has_two_to_four_exercises_each_ending_in_its_check(path):
+    from clip_helpers.checks import answers
+
+    notebook = nbformat.read(path, as_version=4)
+    solutions = solution_cells(notebook)
+    assert 2 <= len(solutions) <= 4
+    for index, cell in solutions:
+        assert cell.metadata["nbgrader"] == {"solution": True, "grade": False, "locked": False,
+                                             "grade_id": cell.metadata["nbgrader"]["grade_id"], "schema_version": 3}
+        assert make_student.BEGIN in cell.source and make_student.END in cell.source
+        assert notebook.cells[index - 1].cell_type == "markdown"  # the task, stated before the code
+        follow = notebook.cells[index + 1].source
+        if cell.cell_type == "code":
+            name = make_student.exercise_name(cell.source.split("\n"), cell.source.split("\n").index(
+                next(line for line in cell.source.split("\n") if line.strip() == make_student.BEGIN)))
+            assert re.search(rf"\bcheck_\w+\({name}\)", follow), f"cell {index + 1}: no check of {name} after it"
+        else:  # the open question: the model answer in the markdown solution is the one reveal() prints
+            answer = cell.source.split(make_student.BEGIN)[1].split(make_student.END)[0]
+            assert " ".join(answer.split()) == " ".join(answers.ANSWERS[path.name[:2]][1].split())
+            assert f'reveal("{path.name[:2]}")' in follow
+    assert sum(cell.cell_type == "code" for _, cell in solutions) >= 1  # at least one exercise writes code
+    assert sum(cell.cell_type == "markdown" for _, cell in solutions) == 1  # one open question
+
+
+def test_grade_ids_are_unique_across_the_course():
+    ids = [cell.metadata["nbgrader"]["grade_id"] for path in NOTEBOOKS
+           for _, cell in solution_cells(nbformat.read(path, as_version=4))]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_every_notebook_ends_with_a_summary_naming_the_report(path):
+    last = nbformat.read(path, as_version=4).cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## Summary")
+    assert "**In the report:**" in last.source and "section" in last.source
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["01_data", "03_cosine_similarity"])
+def test_the_student_edition_of_the_course_stops_at_its_first_exercise(name, tmp_path):
+    """The real notebook's student edition runs in the smoke profile up to its first check, and fails there with
+    the stub's message; the cells before it ran (their figures exist)."""
+    run_notebooks.use_this_python_kernel()
+    student = tmp_path / "student"
+    make_student.make_student(ROOT / "notebooks", student)
+    text = student_text(student / f"{name}.ipynb")
+    teacher = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    for _, cell in solution_cells(teacher):  # no line of any solution is left
+        region = cell.source.split(make_student.BEGIN)[1].split(make_student.END)[0]
+        assert not [line for line in region.splitlines() if len(line.strip()) > 8 and line.strip() in text]
+
+    out = tmp_path / "run"
+    parameters = dict(profile="smoke", data_dir=str(tmp_path / "data"), out_dir=str(out), interactive=False)
+    seconds, failure = run_notebooks.run_one(student / f"{name}.ipynb", out, parameters, progress=False)
+    first_index, first = solution_cells(teacher)[0]
+    exercise = re.search(r"def (\w+)", first.source).group(1)
+    assert failure is not None, "the student edition ran past its first exercise"
+    assert f"starting {teacher.cells[first_index + 1].source.splitlines()[0]!r}" in failure  # the exercise's check
+    assert "ExerciseFailed" in failure and "not written yet" in failure
+    assert f"Exercise ({name}.ipynb, cell {first_index + 1}): write the body of {exercise}()" in failure
+    # papermill adds cells (its parameters, error banners): find the check in the executed copy by its source
+    executed = [cell for cell in nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4).cells
+                if cell.cell_type == "code"]
+    check = next(i for i, cell in enumerate(executed) if cell.source == teacher.cells[first_index + 1].source)
+    assert all(cell.execution_count is not None for cell in executed[:check + 1])  # all before it ran, then it
+    assert all(cell.execution_count is None for cell in executed[check + 1:])  # nothing after it
+    assert not (out / "metrics" / f"{name}.json").exists()  # the last cell never ran
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_every_check_passes_on_the_notebooks_reference_solution(path, capsys):
+    """Each exercise cell of the instructor edition, run with its check cell alone (torch as the notebook's first
+    cells import it): the check says Correct. The smoke run of test_notebooks runs them in place, slower."""
+    import torch
+
+    notebook = nbformat.read(path, as_version=4)
+    for index, cell in solution_cells(notebook):
+        if cell.cell_type != "code":
+            continue
+        namespace = {"torch": torch}
+        exec(compile(cell.source, f"{path.name} cell {index + 1}", "exec"), namespace)
+        capsys.readouterr()
+        exec(compile(notebook.cells[index + 1].source, f"{path.name} cell {index + 2}", "exec"), namespace)
+        assert capsys.readouterr().out.startswith("Correct:"), f"{path.name} cell {index + 1}"

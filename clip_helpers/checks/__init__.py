@@ -6,11 +6,15 @@ the reference's code. reveal("04") prints a notebook's open question and a model
 from .answers import question, reveal
 from .core import ExerciseFailed
 from .data import check_split
+from .encoders import check_causal_mask
 from .losses import FLOOR_QUESTION, check_clip_loss, check_loss_floor, loss_floor
-from .similarity import check_cosine_similarity, check_similarity_matrix
+from .probe import check_k_shot
+from .retrieval import check_recall_at_k
+from .similarity import check_caption_probabilities, check_cosine_similarity, check_similarity_matrix
 from .train import TinyCLIP, check_train_step
-from .zeroshot import check_classifier, check_top1
+from .zeroshot import check_classifier, check_held_out_top1, check_top1
 
-__all__ = ["ExerciseFailed", "FLOOR_QUESTION", "TinyCLIP", "check_classifier", "check_clip_loss",
-           "check_cosine_similarity", "check_loss_floor", "check_similarity_matrix", "check_split",
-           "check_top1", "check_train_step", "loss_floor", "question", "reveal"]
+__all__ = ["ExerciseFailed", "FLOOR_QUESTION", "TinyCLIP", "check_caption_probabilities", "check_causal_mask",
+           "check_classifier", "check_clip_loss", "check_cosine_similarity", "check_held_out_top1", "check_k_shot",
+           "check_loss_floor", "check_recall_at_k", "check_similarity_matrix", "check_split", "check_top1",
+           "check_train_step", "loss_floor", "question", "reveal"]

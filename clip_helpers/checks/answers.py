@@ -70,6 +70,30 @@ ANSWERS = {
         "swapped sentence. Held-out accuracy is evidence of composition only when it is clearly above the "
         "baselines: chance (1/36) and the right colour with a random shape.",
     ),
+    "09": (
+        "With a handful of labelled images per class, the linear probe can fall below zero-shot on the very same "
+        "features, although it learns from labels and zero-shot learns from none. Why, and what would let the "
+        "labels add to what the text already knows?",
+        "A probe fitted on k images per class starts from nothing: it must estimate a direction per class from k "
+        "noisy points, and with k = 1 or 2 it largely fits the particular images drawn (hence the wide spread "
+        "between draws). The zero-shot classifier already holds a good direction per class, written in words and "
+        "learned from millions of captions. The two do not add up because the probe ignores the text: starting "
+        "L-BFGS from the zero-shot weights changes nothing (the regularised loss is convex, one optimum), but a "
+        "penalty that pulls the probe towards the zero-shot rows instead of towards 0 does, as in later work "
+        "(e.g. WiSE-FT, Tip-Adapter). With more labelled images the probe overtakes zero-shot, as in the paper's "
+        "Fig 6 (on average about 4 images per class).",
+    ),
+    "10": (
+        "Here an image's true partners are all the captions of its class. How would recall@1 change if only one "
+        "caption per image counted as right (as in MSCOCO), and which number better describes a search engine?",
+        "It would fall, often sharply: with 7 or 18 captions per class that say the same thing about every image "
+        "of the class, the image's one designated caption must beat every other caption of its class, which the "
+        "pixels cannot decide; the result would be close to chance within the class. Counting every caption of the "
+        "class as a partner measures whether the model finds the right kind of image, which is what a search "
+        "engine over class-level queries needs. MSCOCO's protocol makes sense there because each caption was "
+        "written for one image and describes it specifically. Either way, say which rule was used: the same model "
+        "gives very different recall@k under the two.",
+    ),
 }
 
 

@@ -33,8 +33,9 @@ def call(exercise: str, function, *args, **kwargs):
         fail(exercise, f"pass the function itself (check_...(my_function)), not {type(function).__name__}.")
     try:
         return function(*args, **kwargs)
-    except NotImplementedError:
-        fail(exercise, "not written yet: replace the `raise NotImplementedError(...)` line with your code.")
+    except NotImplementedError as error:  # the student edition's stub: its message names the cell to fill in
+        fail(exercise, f"not written yet: replace the `raise NotImplementedError(...)` line with your code."
+                       f"{chr(10) + '  (' + str(error) + ')' if str(error) else ''}")
     except Exception as error:  # any error of the student's code is reported in words, with the input it got
         fail(exercise, f"your function raised {type(error).__name__}: {error}\n  on the input {describe(args)}.")
 

@@ -150,3 +150,54 @@ def check_similarity_matrix(similarity_matrix) -> bool:
             fail(exercise, f"for {len(i)} images and {len(t)} texts, entry [{row}, {column}] is "
                            f"{output[row, column].item():.4g} but the cosine of image {row} and text {column} is "
                            f"{want[row, column].item():.4g}. Normalise each row, then one matrix product.")
+
+
+# ---------------------------------------------------------------- notebook 06: each image's softmax over captions
+
+def probability_cases() -> list:
+    """(similarity [n_images, n_texts], logit_scale): rectangular and square, scales 100, 14.3 and 2.5."""
+    generator = torch.Generator().manual_seed(16)
+    return [(torch.rand(3, 5, generator=generator) * 0.4, 100.0), (torch.rand(4, 4, generator=generator) * 2 - 1, 14.3),
+            (torch.rand(6, 2, generator=generator) * 2 - 1, 2.5)]
+
+
+PROBABILITY_MISTAKES = {
+    "dim": [(-1, None), (0, "softmax over the wrong axis: each column (caption) sums to 1, so you spread each caption "
+                            "over the images. Each image's row must sum to 1: softmax over dim=-1.")],
+    "scale": [("times", None),
+              ("none", "logit_scale not applied: the softmax of raw cosines (all within [-1, 1]) is nearly uniform; "
+                       "multiply by logit_scale first."),
+              ("exp", "logit_scale is already the multiplier (model.logit_scale.exp()): do not exponentiate it again."),
+              ("divide", "multiply the cosines by logit_scale (1/temperature); dividing flattens the softmax."),
+              ("after", "logit_scale applied after the softmax: scale the cosines, then take the softmax, so the "
+                        "probabilities still sum to 1.")],
+}
+
+
+def probability_variant(case, dim, scale):
+    similarity, logit_scale = case
+    similarity = similarity.double()
+    logits = {"times": logit_scale * similarity, "none": similarity, "after": similarity,
+              "exp": torch.tensor(logit_scale, dtype=torch.float64).exp() * similarity,
+              "divide": similarity / logit_scale}[scale]
+    probabilities = logits.softmax(dim=dim)
+    return logit_scale * probabilities if scale == "after" else probabilities
+
+
+def check_caption_probabilities(caption_probabilities) -> bool:
+    """Check `caption_probabilities(similarity, logit_scale)` -> [n_images, n_texts], each row a softmax over captions."""
+    exercise = "caption_probabilities"
+    cases = probability_cases()
+    outputs = [as_tensor(call(exercise, caption_probabilities, s.clone(), scale)) for s, scale in cases]
+    expected = [probability_variant(case, -1, "times") for case in cases]
+    if all(close(output, want) for output, want in zip(outputs, expected)):
+        return passed(exercise)
+    for output, want in zip(outputs, expected):
+        if output is None or output.shape != want.shape:
+            got = "something that is not a tensor of numbers" if output is None else f"shape {tuple(output.shape)}"
+            fail(exercise, f"the probabilities have the similarity's shape {tuple(want.shape)} (one row per image, one "
+                           f"column per caption); you returned {got}.")
+    hints = diagnose(outputs, cases, PROBABILITY_MISTAKES, probability_variant)
+    if hints:
+        fail(exercise, explain(hints))
+    fail(exercise, "each row should be the softmax, over the captions, of logit_scale times that image's cosines.")

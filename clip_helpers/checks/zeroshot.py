@@ -108,3 +108,57 @@ def check_top1(top1) -> bool:
         fail(exercise, explain(hints))
     fail(exercise, "the prediction of an image is the class whose classifier row has the largest dot product with "
                    "its features (argmax over classes, dim=1); top-1 is the percentage of predictions equal to labels.")
+
+
+# ---------------------------------------------------------------- notebook 08: top-1 on the held-out pairs
+
+def held_out_cases() -> list:
+    """(image_features, labels, classifier): images of a few classes only, some nearer a class they are not."""
+    generator = torch.Generator().manual_seed(18)
+    cases = []
+    for n_images, n_classes, n_present in [(15, 8, 3), (12, 6, 2), (20, 10, 4)]:
+        classifier = normalize(torch.randn(n_classes, 6, generator=generator))
+        labels = torch.randint(n_present, (n_images,), generator=generator)
+        # pulled towards a class that is not among the labels, as a held-out pair towards a seen one
+        decoy = labels + n_present
+        image_features = (3 * classifier[labels] + 2.6 * classifier[decoy]
+                          + 0.5 * torch.randn(n_images, 6, generator=generator))
+        cases.append((image_features, labels, classifier))
+    return cases
+
+
+HELD_OUT_MISTAKES = {
+    "classes": [("all", None),
+                ("present", "you let the model choose only among the classes present in labels (the held-out pairs): "
+                            "a 1-in-6 question instead of 1-in-36. The model does not know which pairs are new; "
+                            "predict with the argmax over ALL rows of the classifier.")],
+    "unit": [("percent", None), ("fraction", "give a percentage (0-100), as the kit's scores do.")],
+}
+
+
+def held_out_variant(case, classes, unit):
+    image_features, labels, classifier = case
+    scores = image_features @ classifier.T
+    if classes == "present":
+        present = torch.zeros(len(classifier), dtype=torch.bool)
+        present[labels.unique()] = True
+        scores = scores.masked_fill(~present, float("-inf"))
+    accuracy = (scores.argmax(dim=1) == labels).double().mean()
+    return 100 * accuracy if unit == "percent" else accuracy
+
+
+def check_held_out_top1(held_out_top1) -> bool:
+    """Check `held_out_top1(image_features, labels, classifier)`: top-1 (%) of held-out images among ALL classes."""
+    exercise = "held-out top-1"
+    cases = held_out_cases()
+    outputs = [as_tensor(call(exercise, held_out_top1, *(part.clone() for part in case))) for case in cases]
+    if any(output is None or output.numel() != 1 for output in outputs):
+        fail(exercise, "return one number: the percentage of images whose highest-scoring class is their label.")
+    outputs = [output.reshape(()) for output in outputs]
+    if all(close(output, zeroshot.scores(*case)["top1"]) for output, case in zip(outputs, cases)):
+        return passed(exercise)
+    hints = diagnose(outputs, cases, HELD_OUT_MISTAKES, held_out_variant)
+    if hints:
+        fail(exercise, explain(hints))
+    fail(exercise, "the prediction is the argmax of image_features @ classifier.T over all classes (dim=1); top-1 is "
+                   "the percentage of predictions equal to labels.")
