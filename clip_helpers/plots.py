@@ -203,6 +203,7 @@ def training_curves(history, title="Fine-tuning: loss and validation accuracy pe
                                   ("val_loss_floor", "floor of the validation loss (duplicate captions)", "k--"))),
                        (acc_ax, (("val_top1", "zero-shot top-1 over all classes (kit)", "o-"),
                                  ("val_inbatch_acc", "in-batch matching (report's evaluateModel)", "o-"),
+                                 ("held_out_top1", "zero-shot top-1 on held-out pairs", "o-"),
                                  ("val_inbatch_max", "ceiling of in-batch matching (duplicate captions)", "k:")))):
         for column, label, style in curves:
             if column in epochs and epochs[column].notna().any():
