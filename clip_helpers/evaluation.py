@@ -2,7 +2,7 @@
 import torch
 
 from .device import amp_context
-from .losses import clip_loss
+from .losses import clip_loss, inbatch_ceiling, loss_floor
 from .quantize import int8_image_tower
 from .zeroshot import scores
 
@@ -24,7 +24,10 @@ def inbatch_accuracy(logits_per_image: torch.Tensor) -> float:
 @torch.inference_mode()
 def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | None = "auto",
                       int8: bool = False) -> dict[str, float]:
-    """val_loss, val_top1 (zero-shot, %) and val_inbatch_acc (the report's metric, %) over `val_loader`.
+    """val_loss, val_top1 (zero-shot, %) and val_inbatch_acc (the report's metric, %) over `val_loader`,
+    with what the batches allow: val_loss_floor (losses.loss_floor, averaged over images) and val_inbatch_max
+    (%, losses.inbatch_ceiling). Images of one class in a batch share one caption, so the loss cannot reach 0
+    nor the in-batch score 100%; train.val_loader_for mixes classes to keep these bounds loose.
 
     The class prompts were encoded once into `classifier`; row c also serves as the caption of class c.
     int8=True encodes the images with clip_helpers.quantize.int8_image_tower(model), made once here.
@@ -34,7 +37,7 @@ def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | No
     if int8:
         model = int8_image_tower(model)
     classifier = classifier.to(device)
-    all_features, all_labels, total_loss, inbatch_right = [], [], 0.0, 0.0
+    all_features, all_labels, total_loss, inbatch_right, total_floor, inbatch_max = [], [], 0.0, 0.0, 0.0, 0.0
     for images, labels in val_loader:
         with amp_context(device, amp):
             image_features = model.encode_image(images.to(device)).float()
@@ -43,9 +46,11 @@ def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | No
         total_loss += clip_loss(image_features, text_features, logit_scale, labels).item() * len(labels)
         logits = logit_scale * (image_features / image_features.norm(dim=-1, keepdim=True)) @ text_features.T
         inbatch_right += inbatch_accuracy(logits)
+        total_floor += loss_floor(labels) * len(labels)
+        inbatch_max += inbatch_ceiling(labels) * len(labels)
         all_features.append(image_features.cpu())
         all_labels.append(labels.cpu())
     labels = torch.cat(all_labels)
-    return {"val_loss": total_loss / len(labels),
+    return {"val_loss": total_loss / len(labels), "val_loss_floor": total_floor / len(labels),
             "val_top1": scores(torch.cat(all_features), labels, classifier.cpu())["top1"],
-            "val_inbatch_acc": 100 * inbatch_right / len(labels)}
+            "val_inbatch_acc": 100 * inbatch_right / len(labels), "val_inbatch_max": 100 * inbatch_max / len(labels)}

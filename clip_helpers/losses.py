@@ -1,4 +1,7 @@
 """CLIP's symmetric contrastive loss (the paper's Figure 3 pseudocode), with multi-positive targets."""
+import math
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
 
@@ -30,3 +33,26 @@ def clip_loss(image_features, text_features, logit_scale, labels=None):
     # Same-label targets are symmetric, so the text->image direction uses the same targets.
     loss_texts = F.cross_entropy(logits_per_image.T, targets)
     return (loss_images + loss_texts) / 2
+
+
+def loss_floor(labels) -> float:
+    """The infimum of the plain symmetric loss (diagonal targets) when items with equal labels share one caption.
+
+    k identical captions have identical features, so in image->text image i's k caption columns carry the same
+    logit: p(own caption) <= 1/k, each of the k rows costs at least log k. In text->image the k identical rows give
+    one distribution over images, and their k targets share at most probability 1: again log k per row. Both bounds
+    are reached together (images of one class on their caption, logit_scale -> infinity), so the floor of either
+    direction, and of their mean, is (1/n) sum over classes of k log k. clip_loss(labels=...) has the same floor
+    for exact duplicates (their soft targets spread 1/k over k identical logits).
+    """
+    counts = Counter(torch.as_tensor(labels).tolist())
+    if not counts:
+        raise ValueError("loss_floor needs the labels of at least one item")
+    return sum(k * math.log(k) for k in counts.values()) / sum(counts.values())
+
+
+def inbatch_ceiling(labels) -> float:
+    """The best in-batch matching accuracy (a fraction) when items with equal labels share one caption: of k
+    identical captions at most one can be argmax-matched to its own image, so (number of distinct labels) / n."""
+    labels = torch.as_tensor(labels)
+    return len(labels.unique()) / len(labels)

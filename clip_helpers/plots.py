@@ -193,19 +193,23 @@ def per_epoch(history):
 def training_curves(history, title="Fine-tuning: loss and validation accuracy per epoch (report Fig 10)"):
     """Fig 10's two panels from a history DataFrame: loss vs epoch, validation accuracy vs epoch.
 
-    Uses whichever of train_loss / val_loss and val_top1 / val_inbatch_acc the history has.
+    Uses whichever of train_loss / val_loss / val_loss_floor and val_top1 / val_inbatch_acc / val_inbatch_max
+    the history has.
     """
     epochs = per_epoch(history)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for column, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
-        if column in epochs and epochs[column].notna().any():
-            loss_ax.plot(epochs["epoch"], epochs[column], marker="o", label=label)
+    # The bounds (dashed) are what the validation batches' duplicate captions allow (evaluation.validation_scores).
+    for ax, curves in ((loss_ax, (("train_loss", "training loss", "o-"), ("val_loss", "validation loss", "o-"),
+                                  ("val_loss_floor", "floor of the validation loss (duplicate captions)", "k--"))),
+                       (acc_ax, (("val_top1", "zero-shot top-1 over all classes (kit)", "o-"),
+                                 ("val_inbatch_acc", "in-batch matching (report's evaluateModel)", "o-"),
+                                 ("held_out_top1", "zero-shot top-1 on held-out pairs", "o-"),
+                                 ("val_inbatch_max", "ceiling of in-batch matching (duplicate captions)", "k:")))):
+        for column, label, style in curves:
+            if column in epochs and epochs[column].notna().any():
+                ax.plot(epochs["epoch"], epochs[column], style, label=label)
     loss_ax.set(xlabel="epoch", ylabel="contrastive loss", title="loss")
     loss_ax.legend()
-    for column, label in (("val_top1", "zero-shot top-1 over all classes (kit)"),
-                          ("val_inbatch_acc", "in-batch matching (report's evaluateModel)")):
-        if column in epochs and epochs[column].notna().any():
-            acc_ax.plot(epochs["epoch"], epochs[column], marker="o", label=label)
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy", ylim=(0, 102))
     acc_ax.legend(loc="best")
     for ax in (loss_ax, acc_ax):

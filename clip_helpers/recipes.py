@@ -16,7 +16,7 @@ from .files import save_atomically
 from .models import build_random_clip, load_clip, preprocess_for
 from .shapes import SHAPES_TEMPLATES
 from .sources import open_source, source_name
-from .train import TrainConfig, fine_tune, train_loader_for
+from .train import TrainConfig, fine_tune, train_loader_for, val_loader_for
 from .zeroshot import build_classifier
 
 # The mini-CLIP's recipe (its accuracy and time: the README and notebook 08 print them).
@@ -29,6 +29,9 @@ MINI_VIT_RECIPE = dict(MINI_RECIPE, architecture="mini-vit", num_epochs=30, batc
 SMOKE_RECIPE = dict(n_per_class=4, val_fraction=0.25, num_epochs=1, batch_size=32, lr=2e-3,
                     weight_decay=0.1, warmup_fraction=0.1, seed=0, amp="auto")
 RECIPES = {"default": MINI_RECIPE, "smoke": SMOKE_RECIPE}
+# v2: class-mixed validation batches (train.val_loader_for) and held_out_top1 measured after every epoch; the
+# caches before it hold one end-of-training held-out number in every row and sorted-batch validation losses.
+HISTORY_VERSION = "v2"
 
 
 def rendered(dataset) -> TensorDataset:
@@ -52,16 +55,17 @@ def shapes_splits(recipe: dict, preprocess):
 
 def mini_clip_path(recipe: dict | None = None, cache_dir="data/weights") -> Path:
     """Where train_mini_clip caches the mini-CLIP of `recipe` (its file exists once it has been trained)."""
-    return Path(cache_dir) / f"mini-clip-shapes-{recipe_key({**MINI_RECIPE, **(recipe or {})})}.pt"
+    return Path(cache_dir) / f"mini-clip-shapes-{HISTORY_VERSION}-{recipe_key({**MINI_RECIPE, **(recipe or {})})}.pt"
 
 
 def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrain: bool = False,
                     progress: bool = True, device="cpu") -> tuple[torch.nn.Module, object, pd.DataFrame]:
     """(model, preprocess, history): MINI_CLIP trained from scratch on clip_helpers.shapes, cached on disk.
 
-    The file name carries a hash of the recipe, so the smoke recipe never overwrites the real one. The
-    recipe's "architecture" (default "mini") names the model in models.ARCHITECTURES. The history gains a
-    last column, held_out_top1: zero-shot top-1 (%) on colour/shape pairs never trained on.
+    The file name carries a hash of the recipe, so the smoke recipe never overwrites the real one, and
+    HISTORY_VERSION, so a cache whose history was computed differently is not reused. The recipe's
+    "architecture" (default "mini") names the model in models.ARCHITECTURES. The history has a column
+    held_out_top1: zero-shot top-1 (%) after each epoch on colour/shape pairs never trained on.
     """
     recipe = {**MINI_RECIPE, **(recipe or {})}
     path = mini_clip_path(recipe, cache_dir)
@@ -69,8 +73,7 @@ def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrai
     if path.is_file() and history_path.is_file() and not retrain:
         try:
             model, preprocess = load_clip(str(path), device=device)
-            # histories cached before the column was renamed say heldout_top1
-            return model, preprocess, pd.read_csv(history_path).rename(columns={"heldout_top1": "held_out_top1"})
+            return model, preprocess, pd.read_csv(history_path)
         except ValueError as error:  # load_clip's messages for a damaged file; pandas' EmptyDataError is one too
             warnings.warn(f"The cached mini-CLIP {path} is unusable, so it is trained again: {error}", stacklevel=2)
     model = build_random_clip(recipe.get("architecture", "mini"), seed=recipe["seed"]).to(device)
@@ -82,15 +85,16 @@ def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrai
 
 
 def fit_on_shapes(model, recipe: dict, progress: bool = True) -> pd.DataFrame:
-    """Train `model` in place with fine_tune on the shapes splits of `recipe`; its history, with held_out_top1."""
+    """Train `model` in place with fine_tune on the shapes splits of `recipe`; its history, with held_out_top1
+    (zero-shot top-1 on the held-out pairs) after every epoch."""
     train, val, held_out, class_names = shapes_splits(recipe, preprocess_for(32))
     config = TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
                          lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
                          seed=recipe["seed"], amp=recipe["amp"], progress=progress)
-    history = fine_tune(model, train_loader_for(train, recipe["batch_size"], recipe["seed"]),
-                        DataLoader(val, batch_size=256), config)
-    history["held_out_top1"] = held_out_top1(model, held_out, class_names, SHAPES_TEMPLATES)
-    return history
+    return fine_tune(model, train_loader_for(train, recipe["batch_size"], recipe["seed"]),
+                     val_loader_for(val, recipe["batch_size"], recipe["seed"]), config,
+                     extra_scores=lambda model: {"held_out_top1": held_out_top1(model, held_out, class_names,
+                                                                                SHAPES_TEMPLATES)})
 
 
 def held_out_top1(model, dataset, class_names: list[str], templates: list[str]) -> float:
@@ -168,5 +172,5 @@ def fine_tune_on(*, model_name: str = "ViT-B/32", source: str = "caltech256", nu
                          int8_eval=int8_eval)
     pin = str(device).startswith("cuda")
     history = fine_tune(model, train_loader_for(train, batch_size, config.seed, workers),
-                        DataLoader(val, batch_size=batch_size, num_workers=workers, pin_memory=pin), config)
+                        val_loader_for(val, batch_size, config.seed, workers, pin_memory=pin), config)
     return model, history

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import describe_run, last_checkpoint_message, run_folder, save_checkpoint
+from .data import targets_of
 from .device import amp_context, make_scaler
 from .evaluation import validation_scores
 from .losses import clip_loss
@@ -133,11 +134,48 @@ def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int =
                                        generator=torch.Generator().manual_seed(seed))
 
 
-def fine_tune(model, train_loader, val_loader, config: "TrainConfig") -> pd.DataFrame:
+def labels_of(dataset) -> list[int]:
+    if isinstance(dataset, torch.utils.data.TensorDataset):  # recipes.rendered: the labels are its second tensor
+        return dataset.tensors[1].tolist()
+    return targets_of(dataset)
+
+
+def class_mixed_order(labels, seed: int = 0) -> list[int]:
+    """Every index once, classes dealt round-robin (each class shuffled, the class order reshuffled every round).
+
+    Any window of batch_size consecutive indices then holds at most ceil(batch_size / n_classes) + 1 items of
+    one class, the fewest duplicate captions a batch of that size can have, where a sorted split puts a whole
+    class in one batch (validation loss >= log k, in-batch accuracy <= 1/k for k images of a class).
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    queues = [list(rng.permutation(np.flatnonzero(labels == label))) for label in np.unique(labels)]
+    order = []
+    while any(queues):
+        for queue in rng.permutation(len(queues)):
+            if queues[queue]:
+                order.append(int(queues[queue].pop()))
+    return order
+
+
+def val_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0,
+                   pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A validation DataLoader with class-mixed batches in one order fixed by `seed` (the same every epoch).
+
+    Not shuffled per epoch, so epochs are compared on the same batches; not in dataset order, which for a
+    sorted split (data.split) puts k images of one class, k identical captions, in each batch.
+    """
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=class_mixed_order(labels_of(dataset), seed),
+                                       num_workers=num_workers, pin_memory=pin_memory)
+
+
+def fine_tune(model, train_loader, val_loader, config: "TrainConfig", extra_scores=None) -> pd.DataFrame:
     """Train `model` in place on batches of (images, labels); returns the history, one row per epoch.
 
-    Columns: epoch, step, train_loss, val_loss, val_top1 (zero-shot %), val_inbatch_acc (the report's
-    metric, %), lr (of the epoch's last step), seconds (wall time of the epoch, evaluation included).
+    Columns: epoch, step, train_loss, val_loss, val_loss_floor (the least val_loss the batches' duplicate
+    captions allow), val_top1 (zero-shot %), val_inbatch_acc (the report's metric, %), val_inbatch_max (its
+    ceiling on these batches, %), lr (of the epoch's last step), seconds (wall time of the epoch, evaluation
+    included), then the columns extra_scores(model) returns after each epoch (e.g. held-out pairs' top-1).
     With config.run_dir, a checkpoint is written after every epoch (see clip_helpers.checkpoints);
     config.resume=True continues from it and returns the same history an uninterrupted run would have.
     """
@@ -149,7 +187,7 @@ def fine_tune(model, train_loader, val_loader, config: "TrainConfig") -> pd.Data
     parts = (model, optimizer, scheduler, scaler)
     if not config.run_dir:
         seed_everything(config.seed)
-        return pd.DataFrame(run_epochs(parts, train_loader, val_loader, config, [], None))
+        return pd.DataFrame(run_epochs(parts, train_loader, val_loader, config, [], None, extra_scores))
     record = describe_run(config, batch_size=getattr(train_loader, "batch_size", None), steps_per_epoch=steps_per_epoch,
                           train_images=dataset_size(train_loader), val_images=dataset_size(val_loader))
     with run_folder(config.run_dir, record, model, config.resume, config.overwrite) as state:
@@ -160,7 +198,7 @@ def fine_tune(model, train_loader, val_loader, config: "TrainConfig") -> pd.Data
             restore(parts, state)
             history = state["history"]
         try:
-            history = run_epochs(parts, train_loader, val_loader, config, history, record)
+            history = run_epochs(parts, train_loader, val_loader, config, history, record, extra_scores)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(interrupted_message(config.run_dir)) from None
     return pd.DataFrame(history)
@@ -194,7 +232,7 @@ def interrupted_message(run_dir):
     return f"Interrupted. {last_checkpoint_message(run_dir)}{resume}"
 
 
-def run_epochs(parts, train_loader, val_loader, config, history, record):
+def run_epochs(parts, train_loader, val_loader, config, history, record, extra_scores=None):
     """Train the epochs after those in `history`, saving each one when `record` (the run's configuration) is given."""
     model, optimizer, scheduler, scaler = parts
     for epoch in range(len(history) + 1, config.num_epochs + 1):
@@ -204,7 +242,8 @@ def run_epochs(parts, train_loader, val_loader, config, history, record):
         classifier = build_classifier(model, config.class_names, config.eval_templates or config.templates)
         history = history + [{"epoch": epoch, "step": epoch * len(train_loader), "train_loss": train_loss,
                               **validation_scores(model, val_loader, classifier, config.amp, config.int8_eval),
-                              "lr": lr, "seconds": time.perf_counter() - start}]
+                              "lr": lr, **(extra_scores(model) if extra_scores else {}),
+                              "seconds": time.perf_counter() - start}]
         if record is not None:
             save_epoch(parts, epoch, history, config, record)
     return history

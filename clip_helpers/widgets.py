@@ -1,4 +1,4 @@
-"""Two small interactive explorers, each with a plain function underneath that runs headless.
+"""Small interactive explorers, each with a plain function underneath that runs headless.
 
 Notebooks call `caption_explorer(..., interactive=interactive)`: under papermill (interactive=False) it
 returns the figure for the default input; in Jupyter it shows a widget that redraws as you type or slide.
@@ -11,6 +11,7 @@ from . import plots
 from .retrieval import top_hits
 from .similarity import similarity_matrix
 from .text import encode_texts
+from .zeroshot import build_classifier
 
 
 @torch.no_grad()
@@ -71,9 +72,59 @@ def temperature_explorer(similarities, texts, logit_scale=100.0, interactive=Fal
     return ipywidgets.interact(lambda logit_scale: show(draw(logit_scale)), logit_scale=slider)
 
 
+def names_from(text: str) -> list[str]:
+    """Class names typed as one comma-separated string, blanks dropped."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def zero_shot_probabilities(model, image_features: torch.Tensor, class_names: list[str], templates: list[str]) -> pd.Series:
+    """Probabilities (softmax of logit_scale x cosine) of one image over `class_names`, from the prompts
+    `templates` ("{}" marks where the class name goes), best first."""
+    if len(class_names) < 2:
+        raise ValueError(f"give at least two class names, separated by commas (got {class_names})")
+    if len(set(class_names)) < len(class_names):
+        raise ValueError(f"class names repeat ({class_names}): identical prompts cannot be told apart")
+    if not templates or any("{}" not in template for template in templates):
+        raise ValueError(f'every prompt needs "{{}}" where the class name goes, e.g. "a photo of a {{}}." (got {templates})')
+    classifier = build_classifier(model, class_names, templates).float().cpu()
+    features = torch.nn.functional.normalize(torch.as_tensor(image_features).float().cpu().reshape(1, -1), dim=-1)
+    probabilities = (model.logit_scale.exp().float().cpu() * features @ classifier.T).softmax(dim=-1)[0]
+    return pd.Series(probabilities.detach().numpy(), index=class_names, name="probability").sort_values(ascending=False)
+
+
+def zero_shot_playground(model, images, image_features, class_names="red circle, blue square, green star",
+                         template="a photo of a {}.", interactive=False):
+    """Type class names (comma-separated) and a prompt, pick an image: see the prediction and the probabilities.
+    Headless: the figure for the defaults and the first image."""
+    def draw(image_index, class_names, template):
+        try:
+            probabilities = zero_shot_probabilities(model, image_features[image_index], names_from(class_names), [template])
+        except ValueError as error:  # a half-typed entry in the widget: say what is missing, keep the widget alive
+            print(error)
+            return None
+        fig, (image_ax, bar_ax) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [1, 2]})
+        image_ax.imshow(images[image_index])
+        image_ax.set_axis_off()
+        bar_ax.barh(probabilities.index[::-1], probabilities.values[::-1])
+        bar_ax.set(xlim=(0, 1), xlabel="probability", title=f'prediction: "{probabilities.index[0]}" '
+                                                             f'({probabilities.iloc[0]:.0%}), prompt "{template}"')
+        fig.tight_layout()
+        return fig
+    if not interactive:
+        return draw(0, class_names, template)
+    import ipywidgets
+
+    return ipywidgets.interact(lambda image, class_names, template: show(draw(image, class_names, template)),
+                               image=ipywidgets.IntSlider(value=0, min=0, max=len(images) - 1),
+                               class_names=ipywidgets.Text(value=class_names, continuous_update=False),
+                               template=ipywidgets.Text(value=template, continuous_update=False))
+
+
 def show(fig):
     """Display a figure inside a widget's output, then free it (interact re-draws on every change)."""
     from IPython.display import display
 
+    if fig is None:  # draw() printed why there is nothing to show
+        return
     display(fig)
     plt.close(fig)

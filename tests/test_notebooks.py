@@ -20,8 +20,8 @@ EXPECTED_FIGURES = {
     "04_contrastive_loss": ["04_logits", "04_loss_vs_batch_size", "04_targets_plain", "04_targets_multi_positive"],
     "05_fine_tune": ["05_fig10_training_curves"],
     "06_similarity_matrix": ["06_similarity_matrix", "06_softmax_per_image"],
-    "07_zero_shot": ["07_prompt_ensembling", "07_confusion_matrix", "07_per_class_accuracy"],
-    "08_mini_clip": ["08_mini_clip_training", "08_seen_vs_held_out"],
+    "07_zero_shot": ["07_prompt_ensembling", "07_playground", "07_confusion_matrix", "07_per_class_accuracy"],
+    "08_mini_clip": ["08_mini_clip_training", "08_seen_vs_held_out", "08_held_out_over_seeds"],
     "09_linear_probe": ["09_k_shot_curve", "09_probe_vs_zero_shot"],
     "10_retrieval_and_applications": ["10_recall_at_k", "10_gallery", "10_scene", "10_fig13_actions"],
 }

@@ -189,3 +189,34 @@ def test_retrieval_explorer_headless_shows_the_top_images_of_its_query(mini):
     shown = [ax.images[0].get_array()[0, 0, 0] for ax in fig.axes if ax.images]
     assert shown == [images[i][0, 0, 0] for i in order.tolist()]
     assert "a green star." in fig._suptitle.get_text()
+
+
+def test_zero_shot_probabilities_are_the_softmax_of_scaled_cosines(mini):
+    from clip_helpers import widgets
+    from clip_helpers.text import encode_texts
+
+    image_features = torch.randn(mini.text_projection.shape[1], generator=torch.Generator().manual_seed(3))
+    names = ["red circle", "blue square", "green star"]
+    probabilities = widgets.zero_shot_probabilities(mini, image_features, names, ["a {} shape."])
+    text_features = torch.nn.functional.normalize(encode_texts(mini, [f"a {n} shape." for n in names]).detach().float(), dim=-1)
+    cosines = text_features @ torch.nn.functional.normalize(image_features, dim=0)  # by hand, one template
+    expected = torch.softmax(mini.logit_scale.exp().item() * cosines, 0)
+    np.testing.assert_allclose(probabilities[names].values, expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert probabilities.iloc[0] == probabilities.max() and probabilities.sum() == pytest.approx(1, abs=1e-5)
+    for bad_names, bad_templates, message in [(["red circle"], ["{}"], "at least two"),
+                                              (["a", "a"], ["{}"], "repeat"),
+                                              (names, ["a photo"], "needs")]:
+        with pytest.raises(ValueError, match=message):
+            widgets.zero_shot_probabilities(mini, image_features, bad_names, bad_templates)
+
+
+def test_zero_shot_playground_headless_draws_its_first_image_prediction(mini):
+    from clip_helpers import widgets
+
+    images = [np.zeros((8, 8, 3), dtype=np.uint8), np.ones((8, 8, 3), dtype=np.uint8)]
+    image_features = torch.randn(2, mini.text_projection.shape[1], generator=torch.Generator().manual_seed(4))
+    fig = widgets.zero_shot_playground(mini, images, image_features, "red circle, blue star", "a {}.", interactive=False)
+    expected = widgets.zero_shot_probabilities(mini, image_features[0], ["red circle", "blue star"], ["a {}."])
+    assert f'"{expected.index[0]}"' in fig.axes[1].get_title()
+    np.testing.assert_allclose(sorted(bar.get_width() for bar in fig.axes[1].patches), sorted(expected.values), rtol=1e-5)
+    assert widgets.zero_shot_playground(mini, images, image_features, "only one", interactive=False) is None

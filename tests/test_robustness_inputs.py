@@ -15,7 +15,7 @@ from clip_helpers.models import load_clip
 @pytest.mark.parametrize("damage", ["empty model", "empty history"])
 def test_a_damaged_cached_mini_clip_is_trained_again(tmp_path, damage):
     recipe = {**recipes.MINI_RECIPE, **recipes.SMOKE_RECIPE}
-    path = tmp_path / f"mini-clip-shapes-{recipes.recipe_key(recipe)}.pt"
+    path = tmp_path / f"mini-clip-shapes-{recipes.HISTORY_VERSION}-{recipes.recipe_key(recipe)}.pt"
     model, _, history = recipes.train_mini_clip(recipes.SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
     (path if damage == "empty model" else path.with_suffix(".csv")).write_bytes(b"")
     with warnings.catch_warnings(record=True) as caught:

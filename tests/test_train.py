@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers import checkpoints, evaluation, optim, recipes, train
+from clip_helpers import checkpoints, evaluation, losses, optim, recipes, train
 from clip_helpers.device import make_scaler
 from clip_helpers.losses import clip_loss
 from clip_helpers.models import load_clip, preprocess_for
@@ -272,3 +272,55 @@ def test_resume_when_the_steps_per_epoch_change_is_refused_with_a_reason(mini, t
     with pytest.raises(ValueError, match=r"batch_size: 8 -> 4; steps_per_epoch: 3 -> 6\."):
         fine_tune(copy.deepcopy(mini), smaller_batches, DataLoader(val_set, batch_size=8),
                   config_for(tmp_path, num_epochs=1, resume=True))
+
+
+# ---------------------------------------------------------------- validation batches and their floor
+
+def test_val_loader_for_mixes_classes_in_one_fixed_order():
+    labels = torch.arange(12).repeat_interleave(10)  # sorted, as data.split returns a class's items together
+    dataset = TensorDataset(torch.zeros(120, 1), labels)
+    batches = [batch_labels for _, batch_labels in train.val_loader_for(dataset, batch_size=16, seed=3)]
+    seen = torch.cat(batches)
+    assert sorted(seen.tolist()) == sorted(labels.tolist())  # every item once
+    # 16 slots over 12 classes: at most 2 (or 3 where a round-robin round ends mid-batch) of one class per batch
+    assert max(int(torch.bincount(b).max()) for b in batches) <= math.ceil(16 / 12) + 1
+    again = torch.cat([b for _, b in train.val_loader_for(dataset, batch_size=16, seed=3)])
+    other = torch.cat([b for _, b in train.val_loader_for(dataset, batch_size=16, seed=4)])
+    assert again.tolist() == seen.tolist() and other.tolist() != seen.tolist()
+    sorted_batches = [b for _, b in DataLoader(dataset, batch_size=16)]  # the old loader: whole classes per batch
+    assert max(int(torch.bincount(b).max()) for b in sorted_batches) == 10
+
+
+def test_loss_floor_is_reached_by_a_perfect_model_and_never_beaten():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3])
+    features = torch.nn.functional.one_hot(labels).float()  # each image on its class's (shared) caption
+    for targets in (None, labels):  # plain and multi-positive: the same floor for exact duplicates
+        reached = clip_loss(features, features, torch.tensor(1000.0), targets).item()
+        assert reached == pytest.approx((3 * math.log(3) + 2 * math.log(2) + 2 * math.log(2)) / 8, abs=1e-4)
+    random_features = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    assert clip_loss(random_features, features, torch.tensor(50.0)).item() > losses.loss_floor(labels)
+    assert losses.loss_floor(labels) == pytest.approx(reached, abs=1e-4)
+    assert losses.inbatch_ceiling(labels) == 4 / 8
+    with pytest.raises(ValueError, match="at least one item"):
+        losses.loss_floor([])
+
+
+def test_validation_scores_report_the_floor_of_their_own_batches(mini):
+    generator = torch.Generator().manual_seed(2)
+    labels = torch.tensor([0, 0, 0, 1, 2, 2, 3, 1, 1, 1])
+    dataset = TensorDataset(torch.randn(10, 3, 32, 32, generator=generator), labels)
+    classifier = torch.nn.functional.normalize(torch.randn(4, mini.visual.output_dim, generator=generator), dim=-1)
+    scores = evaluation.validation_scores(mini, DataLoader(dataset, batch_size=4), classifier, amp=None)
+    batches = [labels[:4], labels[4:8], labels[8:]]  # by hand: sum over classes of k log k, per batch
+    by_hand = [sum(k * math.log(k) for k in torch.bincount(b).tolist() if k) for b in batches]
+    assert scores["val_loss_floor"] == pytest.approx(sum(by_hand) / 10)
+    assert scores["val_inbatch_max"] == pytest.approx(100 * (2 + 3 + 1) / 10)  # distinct labels per batch
+    assert scores["val_loss"] >= scores["val_loss_floor"] and scores["val_inbatch_acc"] <= scores["val_inbatch_max"]
+
+
+def test_extra_scores_are_measured_after_every_epoch(mini, tiny_data):
+    train_set, val_set = tiny_data
+    history = fine_tune(copy.deepcopy(mini), train_loader_for(train_set, batch_size=8),
+                        train.val_loader_for(val_set, batch_size=8), config_for(num_epochs=3),
+                        extra_scores=lambda model: {"scale": model.logit_scale.item()})
+    assert len(history) == 3 and history["scale"].nunique() == 3  # the model moved: one value per epoch, not one copied

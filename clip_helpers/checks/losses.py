@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
+from ..losses import loss_floor  # the formula lives in the package; evaluation reports it per batch
 from .core import as_tensor, call, close, diagnose, explain, fail, passed
 
 
@@ -101,19 +102,6 @@ def check_clip_loss(clip_loss) -> bool:
 FLOOR_QUESTION = [label for label in range(4) for _ in range(8)]
 
 FLOOR_LABELS = [[0, 1, 2, 3], [0, 0, 1, 1], [0, 0, 0, 1], [5, 5, 5, 5], [2, 0, 2, 1, 0, 2], FLOOR_QUESTION]
-
-
-def loss_floor(labels) -> float:
-    """The infimum of the plain symmetric loss (diagonal targets) when items with equal labels share one caption.
-
-    k identical captions have identical features, so in image->text image i's k caption columns carry the same
-    logit: p(own caption) <= 1/k, each of the k rows costs at least log k. In text->image the k identical rows give
-    one distribution over images, and their k targets share at most probability 1: again log k per row. Both bounds
-    are reached together (images of one class on their caption, logit_scale -> infinity), so the floor of either
-    direction, and of their mean, is (1/n) sum over classes of k log k.
-    """
-    counts = Counter(labels)
-    return sum(k * math.log(k) for k in counts.values()) / len(labels)
 
 
 FLOOR_MISTAKES = [
