@@ -8,9 +8,10 @@ processes (gather_with_grad), the gradient of every slice flowing back to the pr
 With that, distributed_clip_loss is the single-process clip_loss on the global batch, and DDP's averaged
 gradients are the single-process gradients on it (tests/test_distributed.py checks both, every parameter).
 
-The global batch: config.batch_size stays the *global* batch, split into equal contiguous chunks, one per
-process in rank order (local_batch_size, ShardedSampler), so adding processes leaves the optimisation,
-the negatives and the learning-rate schedule unchanged; only the work per process shrinks.
+The global batch: the loader's batch_size stays the *global* batch, split into equal contiguous chunks, one
+per process in rank order (shard, ShardedSampler), so adding processes leaves the optimisation, the
+negatives and the learning-rate schedule unchanged; only the work per process shrinks. train.fine_tune
+uses all of this under torchrun; clip_helpers.main_process makes rank 0 the one writer.
 """
 import os
 import warnings
@@ -268,15 +269,10 @@ class ShardedSampler(DistributedSampler):
 
 def train_loader(dataset: Dataset, batch_size: int, processes: Processes = SINGLE, seed: int = 0,
                  num_workers: int = 0) -> DataLoader:
-    """This process's loader for a global batch of `batch_size` (call set_epoch(loader, epoch) every epoch)."""
+    """This process's loader for a global batch of `batch_size` (fine_tune calls its sampler's set_epoch)."""
     local = local_batch_size(batch_size, processes.world_size)
     sampler = ShardedSampler(dataset, local, processes.world_size, processes.rank, seed=seed)
     return DataLoader(dataset, batch_size=local, sampler=sampler, num_workers=num_workers)
-
-
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle for `epoch` (the same order on every process, and after a resume)."""
-    loader.sampler.set_epoch(epoch)
 
 
 def single_process_order(size: int, seed: int, epoch: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from . import distributed
 from .checkpoints import describe_run, last_checkpoint_message, save_checkpoint
 from .device import amp_context, make_scaler
 from .evaluation import validation_scores
+from .losses import clip_loss
 from .main_process import on_main, run_folder_on_main
 from .optim import make_optimizer, make_scheduler
 from .seeds import epoch_seed, restore_rng_states, seed_everything
@@ -108,9 +109,10 @@ def train_step(model, images: torch.Tensor, labels: torch.Tensor, texts: list[st
     with amp_context(device, amp):
         image_features, text_features, logit_scale = distributed.clip_features(
             model, images.to(device, non_blocking=True), texts)
-    loss = distributed.distributed_clip_loss(image_features.float(), text_features.float(), logit_scale,
-                                             labels.to(device))
-    # On several processes every one computed this loss from the same gathered features: all stop together.
+    # On several processes: the loss of the global batch, every process's features gathered (with gradients).
+    # Every process computes it from the same gathered features, so a NaN stops them all at the same step.
+    loss_of = distributed.distributed_clip_loss if distributed.world_size() > 1 else clip_loss
+    loss = loss_of(image_features.float(), text_features.float(), logit_scale, labels.to(device))
     value = loss.item()
     if not math.isfinite(value):
         raise FloatingPointError(f"the training loss is {value}")

@@ -14,6 +14,9 @@ because Adam divides each gradient by its own running size: an element whose gra
 arithmetic (the key bias of attention: softmax ignores a shift shared by all keys) gets rounding noise
 divided by rounding noise, a step of up to lr in either run. Adam's scale invariance also means the
 weights test cannot see a gradient scaled by a constant: the gradient test is the one that would.
+Whole fine_tune runs (2 epochs x 2 steps of the warmup-then-cosine schedule, lr 1e-3): history rel 1e-5,
+weights within 1e-2 x lr of one process's (measured: 6.6e-7 for the weights, 3.6e-7 for train_loss); the
+killed run resumed on two processes must equal the uninterrupted run on two exactly (measured: 0).
 """
 import copy
 import json
@@ -188,6 +191,7 @@ def test_loss_and_every_gradient_equal_one_process_on_the_global_batch(ranks, on
     loss, grads = one_process[case]
     for r in ranks:
         assert r[case]["loss"] == pytest.approx(loss, rel=1e-6)
+        print(f"{case}: |loss difference| {abs(r[case]['loss'] - loss):.1e}")
         assert r[case]["grads"].keys() == grads.keys()
         for name, grad in grads.items():
             # Each parameter's difference against the size of its own gradient, not element by element:
@@ -375,8 +379,9 @@ def test_two_processes_fine_tune_to_the_weights_and_history_of_one(runs):
         for column in HISTORY_COLUMNS:
             assert history[column].tolist() == pytest.approx(one["history"][column].tolist(), rel=1e-5), column
         difference = max_difference(two["weights"], one["weights"])
-        print(f"rank {rank}: 2 processes vs 1 after {RUN_EPOCHS} epochs: max |weight difference| {difference:.2e}, "
-              f"max |train_loss difference| {(history.train_loss - one['history'].train_loss).abs().max():.2e}")
+        columns = ", ".join(f"{c} {(history[c] - one['history'][c]).abs().max():.1e}" for c in HISTORY_COLUMNS[2:])
+        print(f"rank {rank}: 2 processes vs 1 after {RUN_EPOCHS} epochs: max |weight difference| {difference:.2e}; "
+              f"max |history difference|: {columns}")
         assert difference <= RUN_WEIGHT_ATOL
     moved = max_difference(one["weights"], build_random_clip("mini-vit", seed=0).state_dict())
     assert moved > 100 * RUN_WEIGHT_ATOL
