@@ -8,22 +8,25 @@ processes (gather_with_grad), the gradient of every slice flowing back to the pr
 With that, distributed_clip_loss is the single-process clip_loss on the global batch, and DDP's averaged
 gradients are the single-process gradients on it (tests/test_distributed.py checks both, every parameter).
 
-The global batch: config.batch_size stays the *global* batch, split into equal contiguous chunks, one per
-process in rank order (local_batch_size, ShardedSampler), so adding processes leaves the optimisation,
-the negatives and the learning-rate schedule unchanged; only the work per process shrinks.
+The global batch: the loader's batch_size stays the *global* batch, split into equal contiguous chunks, one
+per process in rank order (shard, ShardedSampler), so adding processes leaves the optimisation, the
+negatives and the learning-rate schedule unchanged; only the work per process shrinks. train.fine_tune
+uses all of this under torchrun; clip_helpers.main_process makes rank 0 the one writer.
 """
 import os
 import warnings
 from datetime import timedelta
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from .losses import clip_loss
+from .seeds import epoch_seed
 from .text import encode_texts
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -79,6 +82,23 @@ def cleanup() -> None:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True in the main process (rank 0), and in a single process."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def processes_for(model: nn.Module) -> Processes:
+    """The processes torchrun started, joining their group on first use, or one process without torchrun."""
+    device = next(model.parameters()).device
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return SINGLE._replace(device=str(device))
+    processes = init_from_env(device.type)
+    if torch.device(processes.device) != device:
+        raise ValueError(f"The model is on {device} but process {processes.rank} (LOCAL_RANK {processes.local_rank}) "
+                         f"trains on {processes.device}: move it there first (model.to(init_from_env().device)).")
+    return processes
 
 
 # ---------------------------------------------------------------- gathering features
@@ -166,7 +186,14 @@ class CLIPFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor, texts: list[str]):
         """(image_features, text_features, logit_scale): unnormalised features and the multiplier."""
-        return self.model.encode_image(images), encode_texts(self.model, texts), self.model.logit_scale.exp()
+        return clip_features(self.model, images, texts)
+
+
+def clip_features(model: nn.Module, images: torch.Tensor, texts: list[str]):
+    """(image_features, text_features, logit_scale) of a CLIP model or of wrap_model's result."""
+    if isinstance(model, (CLIPFeatures, DistributedDataParallel)):
+        return model(images, texts)  # through DDP's forward, which readies its gradient all-reduce
+    return model.encode_image(images), encode_texts(model, texts), model.logit_scale.exp()
 
 
 def wrap_model(model: nn.Module, processes: Processes) -> nn.Module:
@@ -191,9 +218,10 @@ def wrap_model(model: nn.Module, processes: Processes) -> nn.Module:
 
 
 def unwrap(wrapped: nn.Module) -> nn.Module:
-    """The CLIP model inside wrap_model's result (what checkpoints save, so they load in one process)."""
+    """The CLIP model inside wrap_model's result (what checkpoints save, so they load in one process);
+    a CLIP model itself is returned as it is."""
     wrapped = wrapped.module if isinstance(wrapped, DistributedDataParallel) else wrapped
-    return wrapped.model
+    return wrapped.model if isinstance(wrapped, CLIPFeatures) else wrapped
 
 
 # ---------------------------------------------------------------- data
@@ -216,9 +244,9 @@ class ShardedSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Dataset, local_batch_size: int, num_replicas: int, rank: int,
-                 shuffle: bool = True, seed: int = 0):
+                 shuffle: bool = True, seed: int = 0, order: Callable[[int], torch.Tensor] | None = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
-        self.local_batch_size = local_batch_size
+        self.local_batch_size, self.order = local_batch_size, order  # order(epoch): the global order, if given
         global_batch = local_batch_size * num_replicas
         self.num_batches = len(dataset) // global_batch
         if self.num_batches == 0:
@@ -228,7 +256,9 @@ class ShardedSampler(DistributedSampler):
         self.total_size = self.num_batches * global_batch
 
     def __iter__(self):
-        if self.shuffle:
+        if self.order is not None:
+            order = self.order(self.epoch)
+        elif self.shuffle:
             order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(len(self.dataset))
@@ -239,28 +269,50 @@ class ShardedSampler(DistributedSampler):
 
 def train_loader(dataset: Dataset, batch_size: int, processes: Processes = SINGLE, seed: int = 0,
                  num_workers: int = 0) -> DataLoader:
-    """This process's loader for a global batch of `batch_size` (call set_epoch(loader, epoch) every epoch)."""
+    """This process's loader for a global batch of `batch_size` (fine_tune calls its sampler's set_epoch)."""
     local = local_batch_size(batch_size, processes.world_size)
     sampler = ShardedSampler(dataset, local, processes.world_size, processes.rank, seed=seed)
     return DataLoader(dataset, batch_size=local, sampler=sampler, num_workers=num_workers)
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle for `epoch` (the same order on every process, and after a resume)."""
-    loader.sampler.set_epoch(epoch)
+def single_process_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which one process reads train.train_loader_for's loader in epoch `epoch` of fine_tune:
+    a DataLoader whose generator train.reseed_sampler seeded (it draws a base seed from it, then shuffles)."""
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return next(iter(DataLoader(range(size), batch_size=size, shuffle=True, generator=generator)))
 
 
-# ---------------------------------------------------------------- one writer
+def shard(loader: DataLoader, processes: Processes, seed: int) -> DataLoader:
+    """This process's part of a training loader of global batches (the loader itself in one process).
 
-def barrier(processes: Processes = SINGLE) -> None:
-    """Wait until every process gets here (a no-op in a single process)."""
-    if dist.is_initialized():
-        dist.barrier(device_ids=[processes.local_rank] if processes.device.startswith("cuda") else None)
+    A DataLoader with shuffle=True or False (train.train_loader_for's) becomes a loader of the same dataset
+    with a ShardedSampler that reads, after set_epoch(epoch), the global batches one process reads in that
+    epoch of a run seeded with `seed` (less a short last batch, which cannot be split evenly).
+    """
+    if processes.world_size == 1 or isinstance(getattr(loader, "sampler", None), ShardedSampler):
+        return loader
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, (RandomSampler, SequentialSampler)) or getattr(sampler, "replacement", False) \
+            or loader.batch_size is None:
+        raise ValueError(f"fine_tune on several processes splits a DataLoader made with a batch_size and shuffle=True "
+                         f"or False (train.train_loader_for); this one draws with a {type(sampler).__name__}. Build it "
+                         f"with clip_helpers.distributed.train_loader(dataset, batch_size, processes).")
+    local = local_batch_size(loader.batch_size, processes.world_size)
+    shuffle = isinstance(sampler, RandomSampler)
+    sampler = ShardedSampler(loader.dataset, local, processes.world_size, processes.rank, shuffle=shuffle, seed=seed,
+                             order=partial(single_process_order, len(loader.dataset), seed) if shuffle else None)
+    return DataLoader(loader.dataset, batch_size=local, sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
 
 
-def on_main(processes: Processes, write: Callable, *args, **kwargs):
-    """Run `write` (a checkpoint, the history, the results) on the main process only, then wait for it,
-    so no process reads a file before it is complete; returns write's result on the main process, else None."""
-    result = write(*args, **kwargs) if processes.is_main else None
-    barrier(processes)
-    return result
+def all_labels(labels: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """The labels of the whole global batch, in rank order (the loader's labels in one process)."""
+    if processes.world_size == 1:
+        return labels
+    return gather(labels.to(processes.device)).cpu()
+
+
+def own_part(items: list, processes: Processes) -> list:
+    """This process's contiguous share of a global batch's `items` (ShardedSampler's rule)."""
+    size = len(items) // processes.world_size
+    return items[processes.rank * size:(processes.rank + 1) * size]

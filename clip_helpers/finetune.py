@@ -3,10 +3,12 @@
     python -m clip_helpers.finetune --model ViT-B/32 --dataset caltech256 --epochs 5 --batch-size 32
     python -m clip_helpers.finetune --model mini --dataset shapes --epochs 3 --batch-size 64   # offline
     python -m clip_helpers.finetune --model ViT-B/32 --dataset my_photos/   # a folder, one sub-folder per class
+    torchrun --standalone --nproc_per_node 4 -m clip_helpers.finetune --batch-size 256 ...   # 4 GPUs, one run
 
 Prints the history and writes it as history.csv in the run folder (<data-dir>/runs/<run>/), beside the
 checkpoint that --resume continues from. A run folder holds one run: a new run into it is refused unless
 --overwrite, and --resume is refused when the settings differ from those the run was started with.
+Under torchrun, --batch-size is the global batch (split over the processes) and rank 0 prints and writes.
 """
 import argparse
 import math
@@ -14,6 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from . import distributed
 from .checkpoints import RunFolderError
 from .recipes import default_run, fine_tune_on
 from .sources import SOURCES
@@ -55,11 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="caltech256", type=source_or_folder,
                         help=f"one of {', '.join(SOURCES)}, or a folder with one sub-folder of images per class")
     parser.add_argument("--epochs", type=at_least(1), default=5)
-    parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument("--batch-size", type=at_least(1), default=32,
+                        help="the global batch: under torchrun, split over the processes")
     parser.add_argument("--lr", type=positive_float, default=None, help="default: 1e-5 (pretrained), 2e-3 (mini)")
     parser.add_argument("--train-size", type=at_least(1), default=5000)
     parser.add_argument("--val-size", type=at_least(1), default=1000)
-    parser.add_argument("--run", default=None, help="run name: checkpoints go to <data-dir>/runs/<run>/")
+    # --run-name too: torchrun's own parser reads a bare --run as an abbreviation of its --run-path and stops
+    parser.add_argument("--run", "--run-name", dest="run", default=None,
+                        help="run name: checkpoints go to <data-dir>/runs/<run>/ (under torchrun: --run-name)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run from its last checkpoint, with the settings it was started with")
     parser.add_argument("--overwrite", action="store_true", help="let this new run replace the run in its folder")
@@ -87,6 +93,13 @@ def main(argv=None):
     args = parse_args(argv)
     run = args.run or default_run(args.model, args.dataset)
     try:
+        return fine_tune_and_print(args, argv, run)
+    finally:
+        distributed.cleanup()  # leave torchrun's process group, if fine_tune_on joined one
+
+
+def fine_tune_and_print(args, argv, run):
+    try:
         _, history = fine_tune_on(model_name=args.model, source=args.dataset, num_epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, train_size=args.train_size,
                                   val_size=args.val_size, run=run, resume=args.resume, device=args.device,
@@ -97,12 +110,17 @@ def main(argv=None):
         checkpoint = Path(args.data_dir) / "runs" / run / "checkpoint.pt"
         next_step = (f"Resume with:\n    {resume_command(argv)}" if checkpoint.is_file() else
                      "No checkpoint to resume from; start again with the same command (nothing finished to lose).")
-        print(f"\n{interrupt or 'Interrupted.'}\n{next_step}", file=sys.stderr)
+        if distributed.world_size() > 1 and checkpoint.is_file():
+            next_step = "Resume with the same torchrun command, adding --resume."
+        if distributed.is_main():
+            print(f"\n{interrupt or 'Interrupted.'}\n{next_step}", file=sys.stderr)
         raise SystemExit(130) from None
     except RunFolderError as error:  # a refusal that says what to do: its traceback would only bury that
-        raise SystemExit(f"python -m clip_helpers.finetune: error: {error}") from None
-    print(history.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    print(f"history written to {Path(args.data_dir) / 'runs' / run / 'history.csv'}")  # by fine_tune, atomically
+        # every process raises it; one message is enough
+        raise SystemExit(f"python -m clip_helpers.finetune: error: {error}" if distributed.is_main() else 1) from None
+    if distributed.is_main():
+        print(history.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        print(f"history written to {Path(args.data_dir) / 'runs' / run / 'history.csv'}")  # by fine_tune, atomically
     return history
 
 

@@ -11,8 +11,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .data import random_subset, split
 from .device import get_device
+from .distributed import init_from_env
 from .evaluation import validation_scores
 from .files import save_atomically
+from .main_process import main_first
 from .models import build_random_clip, load_clip, preprocess_for
 from .shapes import SHAPES_TEMPLATES
 from .sources import open_source, source_name
@@ -157,12 +159,18 @@ def fine_tune_on(*, model_name: str = "ViT-B/32", source: str = "caltech256", nu
     int8_eval validates with an int8 copy of a ViT image tower: faster on a CPU, not exact.
     resume: True continues the run (refused when there is none), "auto" continues it if there is one;
     overwrite=True lets a new run replace the one in the run folder.
+    Under torchrun each process takes its share of every global batch of `batch_size` (see fine_tune).
     """
     check_size("train_size", train_size)
     check_size("val_size", val_size)
     device = device or get_device()
-    model, preprocess = load_clip(model_name, device=device, download_root=str(Path(data_dir) / "weights"))
-    train, val, opened = train_and_val_sets(source, preprocess, data_dir, train_size, val_size)
+    processes = init_from_env(device)  # under torchrun: joins its processes, one GPU each
+    if processes.world_size > 1:
+        device = processes.device
+    # Downloads and caches are written by the main process first, then read by the others.
+    model, preprocess = main_first(processes, load_clip, model_name, device=device,
+                                   download_root=str(Path(data_dir) / "weights"))
+    train, val, opened = main_first(processes, train_and_val_sets, source, preprocess, data_dir, train_size, val_size)
     run = run or default_run(model_name, source)
     config = TrainConfig(class_names=opened.class_names, templates=opened.train_templates,
                          eval_templates=opened.templates, num_epochs=num_epochs,

@@ -9,7 +9,9 @@ What changed from the report's listing (section 4.3), and why:
 - validation is zero-shot classification on held-out images, with the class prompts encoded once;
 - a checkpoint every epoch, an exact resume, and a stop with a clear message when the loss turns NaN/inf;
 - a run folder belongs to one run: locked while it trains, never overwritten unless asked, resumed only with
-  the settings it was started with (clip_helpers.checkpoints).
+  the settings it was started with (clip_helpers.checkpoints);
+- under torchrun, several processes train one run with DistributedDataParallel, the loss on the features
+  gathered from all of them (clip_helpers.distributed), rank 0 writing the files (clip_helpers.main_process).
 """
 import math
 import time
@@ -21,14 +23,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import describe_run, last_checkpoint_message, run_folder, save_checkpoint
+from . import distributed
+from .checkpoints import describe_run, last_checkpoint_message, save_checkpoint
 from .data import targets_of
 from .device import amp_context, make_scaler
 from .evaluation import validation_scores
 from .losses import clip_loss
+from .main_process import on_main, run_folder_on_main
 from .optim import make_optimizer, make_scheduler
 from .seeds import epoch_seed, restore_rng_states, seed_everything
-from .text import encode_texts
 from .zeroshot import build_classifier
 
 LOGIT_SCALE_MAX = 100  # the paper clips logit_scale (the multiplier) so logits are at most 100x the cosine
@@ -96,36 +99,46 @@ def texts_for(labels, class_names: list[str], templates: list[str], generator: t
 
 def train_step(model, images: torch.Tensor, labels: torch.Tensor, texts: list[str], optimizer, scaler,
                grad_clip: float = 1.0, amp: str | None = "auto") -> float:
-    """One optimiser step on a batch; returns the loss as a float. Raises FloatingPointError before a NaN/inf update."""
-    device = model.positional_embedding.device
+    """One optimiser step on a batch; returns the loss as a float. Raises FloatingPointError before a NaN/inf update.
+
+    `model`: a CLIP model, or distributed.wrap_model's (DDP) on several processes, where the batch is this
+    process's share and the loss is that of the global batch (distributed.distributed_clip_loss).
+    """
+    clip_model = distributed.unwrap(model)
+    device = clip_model.positional_embedding.device
     optimizer.zero_grad(set_to_none=True)  # freeing the gradients is cheaper than writing zeros into them
     with amp_context(device, amp):
-        image_features = model.encode_image(images.to(device, non_blocking=True))
-        text_features = encode_texts(model, texts)
-    loss = clip_loss(image_features.float(), text_features.float(), model.logit_scale.exp(), labels.to(device))
+        image_features, text_features, logit_scale = distributed.clip_features(
+            model, images.to(device, non_blocking=True), texts)
+    # On several processes: the loss of the global batch, every process's features gathered (with gradients).
+    # Every process computes it from the same gathered features, so a NaN stops them all at the same step.
+    loss_of = distributed.distributed_clip_loss if distributed.world_size() > 1 else clip_loss
+    loss = loss_of(image_features.float(), text_features.float(), logit_scale, labels.to(device))
     value = loss.item()
     if not math.isfinite(value):
         raise FloatingPointError(f"the training loss is {value}")
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    torch.nn.utils.clip_grad_norm_(clip_model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     with torch.no_grad():
-        model.logit_scale.clamp_(0, math.log(LOGIT_SCALE_MAX))  # the parameter is the log
+        clip_model.logit_scale.clamp_(0, math.log(LOGIT_SCALE_MAX))  # the parameter is the log
     return value
 
 
 # ---------------------------------------------------------------- the loop
 
 def reseed_sampler(loader, seed: int, epoch: int) -> None:
-    """Reseed a shuffling DataLoader built with a generator (see train_loader_for) for this epoch.
-
-    A loader without one draws its order from torch's global RNG, which a resume restores too.
+    """Reseed a shuffling DataLoader built with a generator (see train_loader_for) for this epoch, or set the
+    epoch of a distributed one (distributed.shard). A loader without either draws its order from torch's
+    global RNG, which a resume restores too.
     """
-    generator = getattr(getattr(loader, "sampler", None), "generator", None)
-    if generator is not None:
-        generator.manual_seed(epoch_seed(seed, epoch))
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, torch.utils.data.DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif getattr(sampler, "generator", None) is not None:
+        sampler.generator.manual_seed(epoch_seed(seed, epoch))
 
 
 def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
@@ -178,8 +191,15 @@ def fine_tune(model, train_loader, val_loader, config: "TrainConfig", extra_scor
     included), then the columns extra_scores(model) returns after each epoch (e.g. held-out pairs' top-1).
     With config.run_dir, a checkpoint is written after every epoch (see clip_helpers.checkpoints);
     config.resume=True continues from it and returns the same history an uninterrupted run would have.
+
+    Under torchrun (several processes) it trains with DistributedDataParallel: train_loader's batch_size
+    is the global batch, each process reads its share (distributed.shard); every process validates on the
+    whole val_loader (the same weights give the same scores, so no gathering) and returns the same history;
+    the main process (rank 0) alone writes the run folder, every process resumes from its checkpoint.
     """
     check_loaders(train_loader, val_loader)
+    processes = distributed.processes_for(model)
+    train_loader = distributed.shard(train_loader, processes, config.seed)
     steps_per_epoch = len(train_loader)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config.num_epochs * steps_per_epoch, config.warmup_fraction)
@@ -187,20 +207,22 @@ def fine_tune(model, train_loader, val_loader, config: "TrainConfig", extra_scor
     parts = (model, optimizer, scheduler, scaler)
     if not config.run_dir:
         seed_everything(config.seed)
-        return pd.DataFrame(run_epochs(parts, train_loader, val_loader, config, [], None, extra_scores))
-    record = describe_run(config, batch_size=getattr(train_loader, "batch_size", None), steps_per_epoch=steps_per_epoch,
-                          train_images=dataset_size(train_loader), val_images=dataset_size(val_loader))
-    with run_folder(config.run_dir, record, model, config.resume, config.overwrite) as state:
+        return pd.DataFrame(run_epochs(parts, processes, train_loader, val_loader, config, [], None, extra_scores))
+    batch_size = getattr(train_loader, "batch_size", None)
+    record = describe_run(config, batch_size=batch_size and batch_size * processes.world_size,
+                          steps_per_epoch=steps_per_epoch, train_images=dataset_size(train_loader),
+                          val_images=dataset_size(val_loader))
+    with run_folder_on_main(processes, config.run_dir, record, model, config.resume, config.overwrite) as state:
         history = []
         if state is None:
             seed_everything(config.seed)
         else:
-            restore(parts, state)
+            restore(parts, state)  # on every process; the RNG states are rank 0's (see the README)
             history = state["history"]
         try:
-            history = run_epochs(parts, train_loader, val_loader, config, history, record, extra_scores)
+            history = run_epochs(parts, processes, train_loader, val_loader, config, history, record, extra_scores)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(interrupted_message(config.run_dir)) from None
+            raise KeyboardInterrupt(interrupted_message(config.run_dir, processes)) from None
     return pd.DataFrame(history)
 
 
@@ -227,17 +249,23 @@ def restore(parts, state):
     restore_rng_states(state["rng"])
 
 
-def interrupted_message(run_dir):
+def saved_message(run_dir, processes):
+    """Where the last good checkpoint is; asked of the main process only, since finding it may repair model.pt."""
+    return last_checkpoint_message(run_dir) if processes.is_main else "The main process (rank 0) says which epoch was saved."
+
+
+def interrupted_message(run_dir, processes=distributed.SINGLE):
     resume = " Continue it with the same settings and resume=True." if (Path(run_dir) / "checkpoint.pt").is_file() else ""
-    return f"Interrupted. {last_checkpoint_message(run_dir)}{resume}"
+    return f"Interrupted. {saved_message(run_dir, processes)}{resume}"
 
 
-def run_epochs(parts, train_loader, val_loader, config, history, record, extra_scores=None):
+def run_epochs(parts, processes, train_loader, val_loader, config, history, record, extra_scores=None):
     """Train the epochs after those in `history`, saving each one when `record` (the run's configuration) is given."""
     model, optimizer, scheduler, scaler = parts
+    trainer = distributed.wrap_model(model, processes) if processes.world_size > 1 else model
     for epoch in range(len(history) + 1, config.num_epochs + 1):
         start = time.perf_counter()
-        train_loss, lr = train_epoch(parts, train_loader, config, epoch)
+        train_loss, lr = train_epoch(parts, trainer, processes, train_loader, config, epoch)
         model.eval()
         classifier = build_classifier(model, config.class_names, config.eval_templates or config.templates)
         history = history + [{"epoch": epoch, "step": epoch * len(train_loader), "train_loss": train_loss,
@@ -245,29 +273,33 @@ def run_epochs(parts, train_loader, val_loader, config, history, record, extra_s
                               "lr": lr, **(extra_scores(model) if extra_scores else {}),
                               "seconds": time.perf_counter() - start}]
         if record is not None:
-            save_epoch(parts, epoch, history, config, record)
+            on_main(processes, save_epoch, parts, epoch, history, config, record)
     return history
 
 
-def train_epoch(parts, train_loader, config, epoch):
-    """(mean training loss, lr of the last step) of one epoch."""
-    model, optimizer, scheduler, scaler = parts
+def train_epoch(parts, trainer, processes, train_loader, config, epoch):
+    """(mean training loss, lr of the last step) of one epoch; `trainer` is the model, or its DDP wrapper."""
+    _, optimizer, scheduler, scaler = parts
     reseed_sampler(train_loader, config.seed, epoch)
     text_generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 500_000_000)
-    model.train()
+    trainer.train()
     losses = []
     # tqdm.auto given the loader itself would call iter() on it twice (its asyncio variant does it
     # eagerly), starting DataLoader workers twice; a bar updated by hand does not.
-    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{config.num_epochs}", disable=not config.progress, leave=False)
+    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{config.num_epochs}", leave=False,
+               disable=not (config.progress and processes.is_main))
     for images, labels in train_loader:
-        texts = texts_for(labels, config.class_names, config.templates, text_generator)
+        # The templates are drawn for the whole global batch, as one process draws them, then cut to our share.
+        texts = texts_for(distributed.all_labels(labels, processes), config.class_names, config.templates,
+                          text_generator)
+        texts = distributed.own_part(texts, processes)
         lr = optimizer.param_groups[0]["lr"]
         try:
-            loss = train_step(model, images, labels, texts, optimizer, scaler, config.grad_clip, config.amp)
+            loss = train_step(trainer, images, labels, texts, optimizer, scaler, config.grad_clip, config.amp)
         except FloatingPointError as error:
             raise FloatingPointError(
                 f"Stopped: {error} at epoch {epoch}, step {len(losses) + 1} (lr {lr:.3g}). "
-                f"{last_checkpoint_message(config.run_dir)} Try a lower lr or amp=None (fp32).") from None
+                f"{saved_message(config.run_dir, processes)} Try a lower lr or amp=None (fp32).") from None
         scheduler.step()
         losses.append(loss)
         bar.update(1)
