@@ -16,6 +16,7 @@ import torch
 from clip.simple_tokenizer import SimpleTokenizer
 
 from .features import encode_images
+from .recipes import train_mini_clip
 from .shapes import (COLOUR_SYNONYMS, COLOURS, HELD_OUT, SHAPE_SYNONYMS, SHAPES, SHAPES_NEW_WORD_TEMPLATES,
                      SHAPES_RECOMBINED_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset, crop_boxes, draw_scene)
 from .similarity import normalize
@@ -225,9 +226,8 @@ def attribute_baseline_predictions(labels, keep: str, rng: np.random.Generator) 
 
 def train_seeds(seeds: list[int], recipe: dict | None = None, cache_dir: str = "data/weights",
                 progress: bool = False) -> dict:
-    """{seed: mini-CLIP} trained by train.train_mini_clip with the recipe's seed replaced; each is cached
+    """{seed: mini-CLIP} trained by recipes.train_mini_clip with the recipe's seed replaced; each is cached
     in cache_dir under its own recipe hash (the seed is part of the recipe), so a rerun only loads them."""
-    from .train import train_mini_clip
     return {seed: train_mini_clip({**(recipe or {}), "seed": seed}, cache_dir=cache_dir, progress=progress)[0]
             for seed in seeds}
 

@@ -11,7 +11,7 @@ from clip_helpers import compositional as comp
 from clip_helpers.models import build_random_clip, preprocess_for
 from clip_helpers.shapes import (COLOUR_SYNONYMS, COLOURS, HELD_OUT, SHAPE_SYNONYMS, SHAPES, SHAPES_NEW_WORD_TEMPLATES,
                                  SHAPES_RECOMBINED_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset, crop_boxes, draw_scene)
-from clip_helpers.train import SMOKE_RECIPE
+from clip_helpers.recipes import SMOKE_RECIPE
 
 # ---------------------------------------------------------------- prompts the model never saw
 
