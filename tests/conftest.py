@@ -2,6 +2,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
@@ -18,6 +19,15 @@ def mini():
 def vit_b32():
     """ViT-B/32 with random weights: the real architecture without the download."""
     return build_random_clip("ViT-B/32", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """24 train and 8 val random 32-px images of 4 classes: enough for the training loop's mechanics."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(32, 3, 32, 32, generator=generator)
+    labels = torch.arange(32) % 4
+    return TensorDataset(images[:24], labels[:24]), TensorDataset(images[24:], labels[24:])
 
 
 @pytest.fixture

@@ -23,15 +23,6 @@ CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def tiny_data():
-    """24 train and 8 val random 32-px images of 4 classes."""
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(32, 3, 32, 32, generator=generator)
-    labels = torch.arange(32) % 4
-    return TensorDataset(images[:24], labels[:24]), TensorDataset(images[24:], labels[24:])
-
-
 def config_for(run_dir, **overrides):
     settings = dict(class_names=CLASS_NAMES, templates=["a {}."], num_epochs=1, lr=1e-3, run_dir=str(run_dir),
                     progress=False)

@@ -15,15 +15,6 @@ from clip_helpers.train import TrainConfig, fine_tune, train_loader_for
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 
 
-@pytest.fixture(scope="module")
-def tiny_data():
-    """24 train and 8 val random 32-px images of 4 classes: enough for the loop's mechanics."""
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(32, 3, 32, 32, generator=generator)
-    labels = torch.arange(32) % 4
-    return TensorDataset(images[:24], labels[:24]), TensorDataset(images[24:], labels[24:])
-
-
 def config_for(run_dir=None, **overrides):
     settings = dict(class_names=CLASS_NAMES, templates=["a {}.", "a photo of a {}."], num_epochs=2, lr=1e-3,
                     run_dir=str(run_dir) if run_dir else None, progress=False)
