@@ -52,7 +52,7 @@ ANSWERS = {
         "treats same-class pairs as positives.",
     ),
     "07": (
-        "Prompt ensembling raised top-1 by a point or two on 150 images. How would you decide whether the gain "
+        "Suppose prompt ensembling raises top-1 by a point or two on 150 images. How would you decide whether the gain "
         "is real?",
         "Compare it with its uncertainty. The standard error of an accuracy p measured on n images is "
         "sqrt(p (1 - p) / n), about 3 points at p = 0.8 and n = 150, so a gain of a point or two tells us nothing. Two "
