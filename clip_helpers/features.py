@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, RandomSampler, SequentialSampler, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, SequentialSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from .device import autocast, autocast_dtype
@@ -222,3 +222,15 @@ def encode_images_and_texts(model, preprocess, images: list, texts: list[str]) -
     device = model.positional_embedding.device
     image_features = model.encode_image(torch.stack([preprocess(image) for image in images]).to(device))
     return image_features.float().cpu(), encode_texts(model, texts).float().cpu()
+
+
+def encode_datasets(model, datasets: dict, cache_dir=None, label: str = "", batch_size: int = 128) -> dict:
+    """{name: (image_features, labels)}: each dataset encoded once, cached under cache_dir (with `label` and the
+    dataset's name and size in the file name) when one is given; prints each dataset's size as it goes."""
+    features = {}
+    for name, dataset in datasets.items():
+        cache = {} if cache_dir is None else dict(
+            cache_dir=cache_dir, cache_label=re.sub(r"[/ ]", "-", f"{label}-{name}-{len(dataset)}"))
+        features[name] = encode_images(model, DataLoader(dataset, batch_size=batch_size), progress=False, **cache)
+        print(f"{name}: {len(dataset)} images of {len(set(features[name][1].tolist()))} classes")
+    return features

@@ -2,7 +2,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from clip_helpers.device import autocast
-from clip_helpers.features import encode_images
+from clip_helpers.features import encode_datasets, encode_images
 
 
 def test_features_equal_encode_image_and_are_cached(mini, generator, tmp_path, monkeypatch):
@@ -180,3 +180,17 @@ def test_encode_images_gives_back_train_mode_when_a_batch_fails(mini):
     with pytest.raises(OSError, match="truncated"):
         encode_images(model, DataLoader(Broken(), batch_size=2), progress=False)
     assert all(module.training for module in model.modules())  # a later training step must not run in eval mode
+
+
+def test_encode_datasets_gives_each_dataset_its_own_features_and_cache_file(mini, generator, tmp_path, capsys):
+    images = torch.randn(6, 3, 32, 32, generator=generator)
+    datasets = {"seen pairs": TensorDataset(images[:4], torch.tensor([0, 1, 2, 3])),
+                "held-out pairs": TensorDataset(images[4:], torch.tensor([5, 5]))}
+    features = encode_datasets(mini, datasets, cache_dir=tmp_path, label="mini/0")
+    for name, dataset in datasets.items():
+        expected, labels = encode_images(mini, DataLoader(dataset, batch_size=128), progress=False)
+        torch.testing.assert_close(features[name][0], expected)
+        assert torch.equal(features[name][1], labels)
+    names = sorted(path.name for path in tmp_path.glob("*.pt"))
+    assert len(names) == 2 and all(name.startswith("mini-0-") and "/" not in name and " " not in name for name in names)
+    assert "held-out pairs: 2 images of 1 classes" in capsys.readouterr().out
