@@ -20,7 +20,7 @@ from .recipes import train_mini_clip
 from .shapes import (COLOUR_SYNONYMS, COLOURS, HELD_OUT, SHAPE_SYNONYMS, SHAPES, SHAPES_NEW_WORD_TEMPLATES,
                      SHAPES_RECOMBINED_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset, crop_boxes, draw_scene)
 from .similarity import normalize
-from .text import encode_texts
+from .text import encode_texts, fill
 from .zeroshot import build_classifier, scores
 
 TEMPLATE_SETS = {
@@ -58,7 +58,7 @@ def tokens_of(texts: list[str]) -> set[str]:
 
 
 def training_texts() -> list[str]:
-    return [template.format(name) for template in SHAPES_TEMPLATES for name in class_names_for()]
+    return [fill(template, name) for template in SHAPES_TEMPLATES for name in class_names_for()]
 
 
 def unseen_tokens(texts: list[str]) -> list[str]:
@@ -82,7 +82,7 @@ def prompt_table(model, image_features: torch.Tensor, labels: torch.Tensor,
                 raise ValueError(f"class-name set {names_name!r} has {len(class_names)} names, but labels go up "
                                  f"to {int(torch.as_tensor(labels).max())}: give one name per class, in order.")
             classifier = build_classifier(model, class_names, templates)
-            prompts = [template.format(name) for template in templates for name in class_names]
+            prompts = [fill(template, name) for template in templates for name in class_names]
             unseen = unseen_tokens(prompts)
             rows.append({"templates": template_name, "class names": names_name,
                          "top1": scores(image_features, labels, classifier)["top1"],
@@ -115,7 +115,7 @@ def swap_colours(objects: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def sentence(objects: list[tuple[str, str]]) -> str:
-    return " and ".join(f"a {colour} {shape}" for colour, shape in objects) + "."
+    return " and ".join(fill("a {}", f"{colour} {shape}") for colour, shape in objects) + "."
 
 
 def binding_credit(true_scores: torch.Tensor, swapped_scores: torch.Tensor) -> torch.Tensor:
@@ -161,7 +161,7 @@ def binding_test(model, preprocess, n_scenes: int = 100, seed: int = 0, scene_si
         true_text, swapped_text = text_features_of(model, [sentence(objects), sentence(swapped)])
         crops = crop_boxes(scene, [box for _, _, box in placed], size=object_size)
         crop_features = image_features_of(model, preprocess, crops)
-        names = [f"a {c} {s}." for c, s in objects + swapped]
+        names = [fill("a {}.", f"{c} {s}") for c, s in objects + swapped]
         crop_text = text_features_of(model, names)
         crop_true = crop_features[0] @ crop_text[0] + crop_features[1] @ crop_text[1]
         crop_swapped = crop_features[0] @ crop_text[2] + crop_features[1] @ crop_text[3]

@@ -276,8 +276,8 @@ def train_loader(dataset: Dataset, batch_size: int, processes: Processes = SINGL
 
 
 def single_process_order(size: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order in which one process reads train.train_loader_for's loader in epoch `epoch` of fine_tune:
-    a DataLoader whose generator train.reseed_sampler seeded (it draws a base seed from it, then shuffles)."""
+    """The order in which one process reads batches.train_loader_for's loader in epoch `epoch` of fine_tune:
+    a DataLoader whose generator train.reseed_sampler seeds (it draws a base seed from it, then shuffles)."""
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return next(iter(DataLoader(range(size), batch_size=size, shuffle=True, generator=generator)))
 
@@ -285,7 +285,7 @@ def single_process_order(size: int, seed: int, epoch: int) -> torch.Tensor:
 def shard(loader: DataLoader, processes: Processes, seed: int) -> DataLoader:
     """This process's part of a training loader of global batches (the loader itself in one process).
 
-    A DataLoader with shuffle=True or False (train.train_loader_for's) becomes a loader of the same dataset
+    A DataLoader with shuffle=True or False (batches.train_loader_for's) becomes a loader of the same dataset
     with a ShardedSampler that reads, after set_epoch(epoch), the global batches one process reads in that
     epoch of a run seeded with `seed` (less a short last batch, which cannot be split evenly).
     """
@@ -295,7 +295,7 @@ def shard(loader: DataLoader, processes: Processes, seed: int) -> DataLoader:
     if not isinstance(sampler, (RandomSampler, SequentialSampler)) or getattr(sampler, "replacement", False) \
             or loader.batch_size is None:
         raise ValueError(f"fine_tune on several processes splits a DataLoader made with a batch_size and shuffle=True "
-                         f"or False (train.train_loader_for); this one draws with a {type(sampler).__name__}. Build it "
+                         f"or False (batches.train_loader_for); this one draws with a {type(sampler).__name__}. Build it "
                          f"with clip_helpers.distributed.train_loader(dataset, batch_size, processes).")
     local = local_batch_size(loader.batch_size, processes.world_size)
     shuffle = isinstance(sampler, RandomSampler)

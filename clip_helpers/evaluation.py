@@ -27,7 +27,7 @@ def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | No
     """val_loss, val_top1 (zero-shot, %) and val_inbatch_acc (the report's metric, %) over `val_loader`,
     with what the batches allow: val_loss_floor (losses.loss_floor, averaged over images) and val_inbatch_max
     (%, losses.inbatch_ceiling). Images of one class in a batch share one caption, so the loss cannot reach 0
-    nor the in-batch score 100%; train.val_loader_for mixes classes to keep these bounds loose.
+    nor the in-batch score 100%; batches.val_loader_for's batches hold distinct classes (floor 0, ceiling 100%).
 
     The class prompts were encoded once into `classifier`; row c also serves as the caption of class c.
     int8=True encodes the images with clip_helpers.quantize.int8_image_tower(model), made once here.

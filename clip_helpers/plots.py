@@ -193,20 +193,24 @@ def per_epoch(history):
 def training_curves(history, title="Fine-tuning: loss and validation accuracy per epoch (report Fig 10)"):
     """Fig 10's two panels from a history DataFrame: loss vs epoch, validation accuracy vs epoch.
 
-    Uses whichever of train_loss / val_loss / val_loss_floor and val_top1 / val_inbatch_acc / val_inbatch_max
-    the history has.
+    Uses whichever of train_loss / train_loss_floor / val_loss / val_loss_floor and val_top1 / val_inbatch_acc /
+    val_inbatch_max / held_out_top1 the history has. A bound (dashed or dotted: what a batch's same-class images
+    allow, see losses.loss_floor) is drawn only where it binds: a floor above 0, a ceiling below 100%.
     """
     epochs = per_epoch(history)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    # The bounds (dashed) are what the validation batches' duplicate captions allow (evaluation.validation_scores).
-    for ax, curves in ((loss_ax, (("train_loss", "training loss", "o-"), ("val_loss", "validation loss", "o-"),
-                                  ("val_loss_floor", "floor of the validation loss (duplicate captions)", "k--"))),
+    for ax, curves in ((loss_ax, (("train_loss", "training loss", "o-"),
+                                  ("train_loss_floor", "floor of the training loss (same-class images per batch)", "C0--"),
+                                  ("val_loss", "validation loss", "o-"),
+                                  ("val_loss_floor", "floor of the validation loss (same-class images per batch)", "C1--"))),
                        (acc_ax, (("val_top1", "zero-shot top-1 over all classes (kit)", "o-"),
                                  ("val_inbatch_acc", "in-batch matching (report's evaluateModel)", "o-"),
                                  ("held_out_top1", "zero-shot top-1 on held-out pairs", "o-"),
-                                 ("val_inbatch_max", "ceiling of in-batch matching (duplicate captions)", "k:")))):
+                                 ("val_inbatch_max", "ceiling of in-batch matching (same-class images)", "C1:")))):
         for column, label, style in curves:
-            if column in epochs and epochs[column].notna().any():
+            values = epochs[column].dropna() if column in epochs else pd.Series(dtype=float)
+            binds = {"_floor": (values > 1e-9).any(), "_max": (values < 100 - 1e-9).any()}
+            if not values.empty and all(binds[end] for end in binds if column.endswith(end)):
                 ax.plot(epochs["epoch"], epochs[column], style, label=label)
     loss_ax.set(xlabel="epoch", ylabel="contrastive loss", title="loss")
     loss_ax.legend()

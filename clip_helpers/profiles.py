@@ -17,7 +17,8 @@ class Profile:
 
     model: "ViT-B/32" (OpenAI's pretrained weights) or "mini" (the kit's mini-CLIP, trained on shapes).
     zeroshot_source / finetune_source: a source of clip_helpers.sources ("cifar10", "caltech256", "shapes").
-    n_train / n_val / n_test: images per class in the fine-tune train / validation split and the zero-shot test set.
+    train_per_class / val_per_class / test_per_class: images of each class in the fine-tune train / validation
+    split and in the zero-shot test set (the command line's train_size / val_size are totals).
     mini_recipe: which train_mini_clip recipe trains the mini-CLIP: "default" (minutes) or "smoke" (seconds).
     """
     name: str
@@ -25,9 +26,9 @@ class Profile:
     model: str
     zeroshot_source: str
     finetune_source: str
-    n_train: int
-    n_val: int
-    n_test: int
+    train_per_class: int
+    val_per_class: int
+    test_per_class: int
     batch_size: int
     num_epochs: int
     lr: float
@@ -44,7 +45,7 @@ PROFILES = {
         "smoke", "tiny sizes and a mini-CLIP trained for seconds, only to check that every cell runs: "
         "the numbers below mean nothing.",
         model="mini", zeroshot_source="shapes", finetune_source="shapes",
-        n_train=2, n_val=1, n_test=2, batch_size=32, num_epochs=1, lr=1e-3, n_grid=8,
+        train_per_class=2, val_per_class=1, test_per_class=2, batch_size=32, num_epochs=1, lr=1e-3, n_grid=8,
         mini_recipe="smoke",
     ),
     "offline": Profile(
@@ -52,20 +53,20 @@ PROFILES = {
         "from scratch on coloured shapes on this machine. Numbers are about that tiny model on shapes, not "
         "OpenAI's CLIP on photos.",
         model="mini", zeroshot_source="shapes", finetune_source="shapes",
-        n_train=8, n_val=4, n_test=25, batch_size=64, num_epochs=5, lr=5e-4, n_grid=16,
+        train_per_class=8, val_per_class=4, test_per_class=25, batch_size=64, num_epochs=5, lr=5e-4, n_grid=16,
     ),
     "quick": Profile(
         "quick", "OpenAI's pretrained ViT-B/32 on small CIFAR-10 subsets (see the README for its time on a CPU): "
         "real CLIP numbers, but from a few hundred images, so expect a few points of noise.",
         model=PRETRAINED, zeroshot_source="cifar10", finetune_source="cifar10",
-        n_train=40, n_val=20, n_test=100, batch_size=32, num_epochs=2, lr=1e-5, n_grid=16,
+        train_per_class=40, val_per_class=20, test_per_class=100, batch_size=32, num_epochs=2, lr=1e-5, n_grid=16,
     ),
     "full": Profile(
         "full", "the report's reproduction on a GPU: pretrained ViT-B/32, zero-shot on the whole CIFAR-10 test "
         "set, fine-tuning on about 5,000 Caltech-256 images (20 per class) with about 1,000 for validation, as in "
         "the report.",
         model=PRETRAINED, zeroshot_source="cifar10", finetune_source="caltech256",
-        n_train=20, n_val=4, n_test=1000, batch_size=32, num_epochs=10, lr=1e-5, n_grid=16,
+        train_per_class=20, val_per_class=4, test_per_class=1000, batch_size=32, num_epochs=10, lr=1e-5, n_grid=16,
     ),
 }
 
@@ -86,11 +87,11 @@ def choose_auto(data_dir="data") -> tuple[str, str]:
                        f"(no internet)")
 
 
-SIZE_FIELDS = ("n_train", "n_val", "n_test", "batch_size", "num_epochs", "n_grid")
+SIZE_FIELDS = ("train_per_class", "val_per_class", "test_per_class", "batch_size", "num_epochs", "n_grid")
 
 
 def with_sizes(profile: Profile, sizes: str) -> Profile:
-    """The profile with some sizes changed, from "n_test=30,num_epochs=1"; its meaning says which and that
+    """The profile with some sizes changed, from "test_per_class=30,num_epochs=1"; its meaning says which and that
     its numbers are not the named profile's."""
     changes = {}
     for item in filter(None, sizes.split(",")):
@@ -106,7 +107,7 @@ def with_sizes(profile: Profile, sizes: str) -> Profile:
 def get_profile(name: str = "auto", data_dir="data") -> tuple[Profile, str]:
     """(Profile, reason): one of PROFILES, or for "auto" quick/offline with the reason it was chosen.
 
-    "full:n_train=1,n_val=1" is the full profile with those sizes changed (with_sizes).
+    "full:train_per_class=1,val_per_class=1" is the full profile with those sizes changed (with_sizes).
     """
     name, _, sizes = name.partition(":")
     if sizes:

@@ -15,7 +15,6 @@ Everything after the checksum is the code users run. Numbers computed on these s
 import json
 import os
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np

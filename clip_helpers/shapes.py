@@ -28,7 +28,7 @@ SHAPES_TEMPLATES = [
     "a big {}.",
 ]
 # Prompts the mini-CLIP never trained on (clip_helpers.compositional tests them). The first list reorders the
-# training captions' own words; the second brings words ("an", "image", "this", "is", ...) that no training
+# training captions' own words; the second brings words ("image", "this", "is", ...) that no training
 # caption holds, whose token embeddings therefore never received a gradient: they are still random.
 SHAPES_RECOMBINED_TEMPLATES = [
     "a picture of a small {}.",
@@ -42,7 +42,7 @@ SHAPES_NEW_WORD_TEMPLATES = [
     "this is a {}.",
     "there is a {} here.",
 ]
-# Synonyms are all new words to the mini-CLIP (its captions use 23 distinct tokens); some are one BPE token,
+# Synonyms are all new words to the mini-CLIP (compositional.training_texts: its few dozen tokens); some are one BPE token,
 # others several ("quadrilateral" is quad+ril+ateral, "pentagram" pent+agram, "tangerine" one).
 COLOUR_SYNONYMS = {"red": "crimson", "green": "emerald", "blue": "navy",
                    "yellow": "golden", "purple": "violet", "orange": "tangerine"}

@@ -6,6 +6,7 @@ a teacher can run the course on their own photos that way.
 """
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -72,14 +73,23 @@ def source_name(source: str) -> str:
     return source if source in SOURCES else Path(source).name
 
 
-def zero_shot_test_sets(source: str, n_per_class: int, *, data_dir="data", transform=None,
-                        seed: int = 0) -> dict[str, Source]:
-    """{name: opened test set}: for shapes the seen and the held-out pairs, for any other source its test images."""
+class TestSets(NamedTuple):
+    datasets: dict  # name -> Dataset of (image, label), labels indexing class_names
+    class_names: list
+    templates: list
+
+
+def zero_shot_test_sets(source: str, n_per_class: int, *, data_dir="data", transform=None, seed: int = 0) -> TestSets:
+    """(datasets, class_names, templates): for shapes the seen and the held-out pairs, each labelled among all
+    36 classes; for any other source its test images."""
     if source == "shapes":
-        return {name: open_source(source, split, n_per_class=n_per_class, transform=transform, seed=seed)
-                for name, split in (("seen pairs", "test"), ("held-out pairs", "held_out"))}
-    opened = open_source(source, "test", n_per_class=n_per_class, data_dir=data_dir, transform=transform, seed=seed)
-    return {f"{source_name(source)} test": opened}
+        opened = {name: open_source(source, split, n_per_class=n_per_class, transform=transform, seed=seed)
+                  for name, split in (("seen pairs", "test"), ("held-out pairs", "held_out"))}
+    else:
+        opened = {f"{source_name(source)} test": open_source(source, "test", n_per_class=n_per_class,
+                                                              data_dir=data_dir, transform=transform, seed=seed)}
+    first = next(iter(opened.values()))
+    return TestSets({name: each.dataset for name, each in opened.items()}, first.class_names, first.templates)
 
 
 def examples(source: str, n: int, data_dir="data", seed: int = 0) -> tuple[list, list[int], list[str]]:

@@ -1,4 +1,6 @@
 """Captions and the text tower: class names to prompts, prompts to features."""
+import re
+
 import clip
 import torch
 
@@ -19,11 +21,24 @@ CIFAR10_TEMPLATES = [
 PROMPT = "a photo of a {}."
 
 
+def fill(template: str, name: str) -> str:
+    """The caption `template` makes of a class name: "a photo of a {}." -> "a photo of an astronaut.".
+
+    The article before the name agrees with it ("an" before a vowel sound: "an orange circle", but "a unicorn").
+    OpenAI's templates are filled literally ("a photo of a airplane."); the kit writes English, for the
+    mini-CLIP's captions and for the pretrained model's prompts alike.
+    """
+    text = template.format(name)
+    if re.match(r"[aeiou]", name, re.IGNORECASE) and not re.match(r"(uni|use|usu|eu|one\b)", name, re.IGNORECASE):
+        text = re.sub(r"\b([aA]) (?=" + re.escape(name) + ")", r"\1n ", text)
+    return text
+
+
 def texts_from_labels(class_names: list[str], template: str = "{}", labels=None) -> list[str]:
     """One caption per class, or per label when `labels` is given. The report used the bare name ("{}")."""
     if labels is None:
-        return [template.format(name) for name in class_names]
-    return [template.format(class_names[int(label)]) for label in labels]
+        return [fill(template, name) for name in class_names]
+    return [fill(template, class_names[int(label)]) for label in labels]
 
 
 def list_of_strings(values, name: str = "texts") -> list[str]:

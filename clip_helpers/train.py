@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoints import describe_run, last_checkpoint_message, save_checkpoint
-from .data import targets_of
 from .device import amp_context, make_scaler
 from .evaluation import validation_scores
-from .losses import clip_loss
+from .losses import clip_loss, loss_floor
 from .main_process import on_main, run_folder_on_main
 from .optim import make_optimizer, make_scheduler
 from .seeds import epoch_seed, restore_rng_states, seed_everything
+from .text import fill
 from .zeroshot import build_classifier
 
 LOGIT_SCALE_MAX = 100  # the paper clips logit_scale (the multiplier) so logits are at most 100x the cosine
@@ -94,7 +94,7 @@ def config_problems(config) -> list[str]:
 def texts_for(labels, class_names: list[str], templates: list[str], generator: torch.Generator) -> list[str]:
     """One caption per image, its template drawn at random so the model does not learn one phrasing."""
     picks = torch.randint(len(templates), (len(labels),), generator=generator).tolist()
-    return [templates[pick].format(class_names[int(label)]) for label, pick in zip(labels, picks)]
+    return [fill(templates[pick], class_names[int(label)]) for label, pick in zip(labels, picks)]
 
 
 def train_step(model, images: torch.Tensor, labels: torch.Tensor, texts: list[str], optimizer, scaler,
@@ -130,7 +130,7 @@ def train_step(model, images: torch.Tensor, labels: torch.Tensor, texts: list[st
 # ---------------------------------------------------------------- the loop
 
 def reseed_sampler(loader, seed: int, epoch: int) -> None:
-    """Reseed a shuffling DataLoader built with a generator (see train_loader_for) for this epoch, or set the
+    """Reseed a shuffling DataLoader built with a generator (see batches.train_loader_for) for this epoch, or set the
     epoch of a distributed one (distributed.shard). A loader without either draws its order from torch's
     global RNG, which a resume restores too.
     """
@@ -141,53 +141,13 @@ def reseed_sampler(loader, seed: int, epoch: int) -> None:
         sampler.generator.manual_seed(epoch_seed(seed, epoch))
 
 
-def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """A shuffling DataLoader whose order fine_tune can fix per epoch (so a resumed run sees the same batches)."""
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                                       generator=torch.Generator().manual_seed(seed))
-
-
-def labels_of(dataset) -> list[int]:
-    if isinstance(dataset, torch.utils.data.TensorDataset):  # recipes.rendered: the labels are its second tensor
-        return dataset.tensors[1].tolist()
-    return targets_of(dataset)
-
-
-def class_mixed_order(labels, seed: int = 0) -> list[int]:
-    """Every index once, classes dealt round-robin (each class shuffled, the class order reshuffled every round).
-
-    Any window of batch_size consecutive indices then holds at most ceil(batch_size / n_classes) + 1 items of
-    one class, the fewest duplicate captions a batch of that size can have, where a sorted split puts a whole
-    class in one batch (validation loss >= log k, in-batch accuracy <= 1/k for k images of a class).
-    """
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    queues = [list(rng.permutation(np.flatnonzero(labels == label))) for label in np.unique(labels)]
-    order = []
-    while any(queues):
-        for queue in rng.permutation(len(queues)):
-            if queues[queue]:
-                order.append(int(queues[queue].pop()))
-    return order
-
-
-def val_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0,
-                   pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A validation DataLoader with class-mixed batches in one order fixed by `seed` (the same every epoch).
-
-    Not shuffled per epoch, so epochs are compared on the same batches; not in dataset order, which for a
-    sorted split (data.split) puts k images of one class, k identical captions, in each batch.
-    """
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=class_mixed_order(labels_of(dataset), seed),
-                                       num_workers=num_workers, pin_memory=pin_memory)
-
-
 def fine_tune(model, train_loader, val_loader, config: "TrainConfig", extra_scores=None) -> pd.DataFrame:
     """Train `model` in place on batches of (images, labels); returns the history, one row per epoch.
 
-    Columns: epoch, step, train_loss, val_loss, val_loss_floor (the least val_loss the batches' duplicate
-    captions allow), val_top1 (zero-shot %), val_inbatch_acc (the report's metric, %), val_inbatch_max (its
-    ceiling on these batches, %), lr (of the epoch's last step), seconds (wall time of the epoch, evaluation
+    Columns: epoch, step, train_loss, train_loss_floor (the least train_loss its batches' same-class images
+    allow), val_loss, val_loss_floor (the same for the validation batches: 0 for batches.val_loader_for's),
+    val_top1 (zero-shot %), val_inbatch_acc (the report's metric, %), val_inbatch_max (its ceiling on these
+    batches, %), lr (of the epoch's last step), seconds (wall time of the epoch, evaluation
     included), then the columns extra_scores(model) returns after each epoch (e.g. held-out pairs' top-1).
     With config.run_dir, a checkpoint is written after every epoch (see clip_helpers.checkpoints);
     config.resume=True continues from it and returns the same history an uninterrupted run would have.
@@ -265,10 +225,11 @@ def run_epochs(parts, processes, train_loader, val_loader, config, history, reco
     trainer = distributed.wrap_model(model, processes) if processes.world_size > 1 else model
     for epoch in range(len(history) + 1, config.num_epochs + 1):
         start = time.perf_counter()
-        train_loss, lr = train_epoch(parts, trainer, processes, train_loader, config, epoch)
+        train_loss, train_loss_floor, lr = train_epoch(parts, trainer, processes, train_loader, config, epoch)
         model.eval()
         classifier = build_classifier(model, config.class_names, config.eval_templates or config.templates)
         history = history + [{"epoch": epoch, "step": epoch * len(train_loader), "train_loss": train_loss,
+                              "train_loss_floor": train_loss_floor,
                               **validation_scores(model, val_loader, classifier, config.amp, config.int8_eval),
                               "lr": lr, **(extra_scores(model) if extra_scores else {}),
                               "seconds": time.perf_counter() - start}]
@@ -278,20 +239,24 @@ def run_epochs(parts, processes, train_loader, val_loader, config, history, reco
 
 
 def train_epoch(parts, trainer, processes, train_loader, config, epoch):
-    """(mean training loss, lr of the last step) of one epoch; `trainer` is the model, or its DDP wrapper."""
+    """(mean training loss, its floor, lr of the last step) of one epoch; `trainer` is the model, or its DDP wrapper.
+
+    The floor is the mean over the epoch's batches of losses.loss_floor(batch labels): shuffled training batches
+    hold several images of a class, whose targets the multi-positive loss shares, so it cannot reach 0.
+    """
     _, optimizer, scheduler, scaler = parts
     reseed_sampler(train_loader, config.seed, epoch)
     text_generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 500_000_000)
     trainer.train()
-    losses = []
+    losses, floors = [], []
     # tqdm.auto given the loader itself would call iter() on it twice (its asyncio variant does it
     # eagerly), starting DataLoader workers twice; a bar updated by hand does not.
     bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{config.num_epochs}", leave=False,
                disable=not (config.progress and processes.is_main))
     for images, labels in train_loader:
         # The templates are drawn for the whole global batch, as one process draws them, then cut to our share.
-        texts = texts_for(distributed.all_labels(labels, processes), config.class_names, config.templates,
-                          text_generator)
+        batch_labels = distributed.all_labels(labels, processes)
+        texts = texts_for(batch_labels, config.class_names, config.templates, text_generator)
         texts = distributed.own_part(texts, processes)
         lr = optimizer.param_groups[0]["lr"]
         try:
@@ -302,10 +267,11 @@ def train_epoch(parts, trainer, processes, train_loader, config, epoch):
                 f"{saved_message(config.run_dir, processes)} Try a lower lr or amp=None (fp32).") from None
         scheduler.step()
         losses.append(loss)
+        floors.append(loss_floor(batch_labels))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
     bar.close()
-    return float(np.mean(losses)), lr
+    return float(np.mean(losses)), float(np.mean(floors)), lr
 
 
 def save_epoch(parts, epoch, history, config, record):

@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, top_
 from .features import encode_images
 from .quantize import int8_image_tower
 from .similarity import normalize
-from .text import encode_texts, list_of_strings
+from .text import encode_texts, fill, list_of_strings
 
 
 def check_classes_and_templates(class_names, templates) -> tuple[list[str], list[str]]:
@@ -35,7 +35,7 @@ def check_classes_and_templates(class_names, templates) -> tuple[list[str], list
 def build_classifier(model, class_names: list[str], templates: list[str]) -> torch.Tensor:
     """[n_classes, dim]: each class's template embeddings, normalised, averaged, renormalised."""
     class_names, templates = check_classes_and_templates(class_names, templates)
-    texts = [template.format(name) for name in class_names for template in templates]
+    texts = [fill(template, name) for name in class_names for template in templates]
     text_features = normalize(encode_texts(model, texts).float())
     per_class = text_features.reshape(len(class_names), len(templates), -1).mean(dim=1)
     return normalize(per_class)

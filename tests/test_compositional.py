@@ -9,9 +9,10 @@ import torch
 
 from clip_helpers import compositional as comp
 from clip_helpers.models import build_random_clip, preprocess_for
-from clip_helpers.shapes import (COLOUR_SYNONYMS, COLOURS, HELD_OUT, SHAPE_SYNONYMS, SHAPES, SHAPES_NEW_WORD_TEMPLATES,
+from clip_helpers.shapes import (COLOUR_SYNONYMS, HELD_OUT, SHAPE_SYNONYMS, SHAPES_NEW_WORD_TEMPLATES,
                                  SHAPES_RECOMBINED_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset, crop_boxes, draw_scene)
 from clip_helpers.recipes import SMOKE_RECIPE
+from clip_helpers.text import fill
 
 # ---------------------------------------------------------------- prompts the model never saw
 
@@ -25,9 +26,9 @@ def test_test_templates_are_disjoint_from_the_training_templates():
 
 def test_recombined_templates_use_only_training_tokens_and_new_word_templates_bring_new_ones():
     names = comp.class_names_for()
-    assert comp.unseen_tokens([t.format(n) for t in SHAPES_RECOMBINED_TEMPLATES for n in names]) == []
+    assert comp.unseen_tokens([fill(t, n) for t in SHAPES_RECOMBINED_TEMPLATES for n in names]) == []
     for template in SHAPES_NEW_WORD_TEMPLATES:
-        assert comp.unseen_tokens([template.format(n) for n in names]), template
+        assert comp.unseen_tokens([fill(template, n) for n in names]), template
 
 
 def test_every_synonym_is_made_of_tokens_no_training_caption_holds():
@@ -46,7 +47,8 @@ def test_class_name_sets_follow_the_dataset_order():
 
 def test_untrained_token_embeddings_do_not_move_in_training(mini):
     """Why synonyms test nothing learned: a token in no caption gets no gradient, so AdamW leaves it as it was."""
-    from clip_helpers.train import TrainConfig, fine_tune, train_loader_for
+    from clip_helpers.batches import train_loader_for
+    from clip_helpers.train import TrainConfig, fine_tune
     import copy
     model = copy.deepcopy(mini)
     images = torch.randn(8, 3, 32, 32)
@@ -73,7 +75,7 @@ def test_prompt_table_scores_each_pair_of_sets_as_zeroshot_would(mini):
     # by hand: average of normalised prompt features per class, argmax of cosine, compared with labels
     names = comp.CLASS_NAME_SETS["colour synonyms"]
     with torch.no_grad():
-        text = mini.encode_text(clip.tokenize([t.format(n) for n in names for t in SHAPES_NEW_WORD_TEMPLATES],
+        text = mini.encode_text(clip.tokenize([fill(t, n) for n in names for t in SHAPES_NEW_WORD_TEMPLATES],
                                               context_length=mini.context_length))
     text = text / text.norm(dim=-1, keepdim=True)
     classifier = text.reshape(36, len(SHAPES_NEW_WORD_TEMPLATES), -1).mean(dim=1)
@@ -95,7 +97,7 @@ def test_swapped_sentence_swaps_the_colours_between_the_shapes():
         assert swapped == [(c2, s1), (c1, s2)]
         true, other = comp.sentence(objects), comp.sentence(swapped)
         assert true != other and Counter(true.split()) == Counter(other.split())  # the same words
-        assert true == f"a {c1} {s1} and a {c2} {s2}."
+        assert true == f"{fill('a {}', f'{c1} {s1}')} and {fill('a {}', f'{c2} {s2}')}."  # "an orange ..."
         assert not set(objects + swapped) & set(HELD_OUT)
 
 

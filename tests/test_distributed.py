@@ -34,7 +34,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Subset
 
-from clip_helpers import checkpoints, device, distributed, optim, train
+from clip_helpers import batches, checkpoints, device, distributed, optim, train
 from clip_helpers.losses import clip_loss
 from clip_helpers.models import build_random_clip, preprocess_for
 from clip_helpers.recipes import rendered
@@ -246,16 +246,16 @@ def test_sharded_sampler_splits_each_global_batch_into_contiguous_chunks():
 
 def test_shard_reads_the_global_batches_one_process_reads():
     dataset = torch.utils.data.TensorDataset(torch.arange(20))
-    one = train.train_loader_for(dataset, 8, seed=3)
+    one = batches.train_loader_for(dataset, 8, seed=3)
     shards = [distributed.shard(one, distributed.Processes(r, 2, r, "cpu", r == 0), seed=3) for r in range(2)]
     orders = []
     for epoch in (1, 2):
         for loader in (one, *shards):
             train.reseed_sampler(loader, 3, epoch)
-        batches = [batch.tolist() for (batch,) in one]
+        global_batches = [batch.tolist() for (batch,) in one]
         halves = [[batch.tolist() for (batch,) in shard] for shard in shards]
-        assert [a + b for a, b in zip(*halves)] == batches[:2]  # the short last batch (4 items) is dropped
-        orders.append(batches)
+        assert [a + b for a, b in zip(*halves)] == global_batches[:2]  # the short last batch (4 items) is dropped
+        orders.append(global_batches)
     assert orders[0] != orders[1]  # the order changes with the epoch
     assert distributed.shard(one, distributed.SINGLE, seed=3) is one
     weighted = DataLoader(dataset, batch_size=8, sampler=torch.utils.data.WeightedRandomSampler([1.0] * 20, 20))
@@ -308,7 +308,7 @@ def run_fine_tune(data, run_dir, train_loader=None, **changes):
     """(model, history) of fine_tune on the ViT mini-CLIP, as one process or as each of torchrun's would."""
     train_set, val_set, class_names = data
     model = build_random_clip("mini-vit", seed=0)
-    train_loader = train_loader or train.train_loader_for(train_set, RUN_BATCH, seed=0)
+    train_loader = train_loader or batches.train_loader_for(train_set, RUN_BATCH, seed=0)
     history = train.fine_tune(model, train_loader, DataLoader(val_set, batch_size=8),
                               run_config(class_names, run_dir, **changes))
     return model, history
@@ -347,7 +347,7 @@ def run_worker(processes, data, out_dir, kill):
             run_fine_tune(data, os.path.join(out_dir, "two"))
         except checkpoints.RunFolderError as error:
             Path(out_dir, f"refused-rank{rank}.txt").write_text(str(error))
-        loader = distributed.shard(train.train_loader_for(data[0], RUN_BATCH, seed=0), processes, seed=0)
+        loader = distributed.shard(batches.train_loader_for(data[0], RUN_BATCH, seed=0), processes, seed=0)
         loader = KilledInEpoch(loader, 2, out_dir) if rank == 0 else loader
         run_fine_tune(data, os.path.join(out_dir, "killed"), train_loader=loader)
     else:

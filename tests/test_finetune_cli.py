@@ -17,8 +17,8 @@ def test_cli_fine_tunes_mini_clip_on_shapes_for_one_epoch(tmp_path, capsys):
                              "--device", "cpu", "--no-progress"])
     run_dir = tmp_path / "runs" / "cli"
     written = pd.read_csv(run_dir / "history.csv")
-    assert list(written.columns) == ["epoch", "step", "train_loss", "val_loss", "val_loss_floor", "val_top1", "val_inbatch_acc",
-                                     "val_inbatch_max", "lr", "seconds"]
+    assert list(written.columns) == ["epoch", "step", "train_loss", "train_loss_floor", "val_loss", "val_loss_floor",
+                                     "val_top1", "val_inbatch_acc", "val_inbatch_max", "lr", "seconds"]
     assert written["step"].tolist() == [3] and history["train_loss"].tolist() == pytest.approx(written["train_loss"].tolist())
     assert (run_dir / "model.pt").is_file() and (run_dir / "checkpoint.pt").is_file()
     assert "val_top1" in capsys.readouterr().out

@@ -73,6 +73,19 @@ def test_training_curves_plot_one_point_per_epoch_from_the_history():
     assert "accuracy" in acc_ax.get_ylabel()
 
 
+def test_training_curves_draw_a_batching_bound_only_where_it_binds():
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.5], "train_loss_floor": [1.3, 1.3],
+                            "val_loss": [2.2, 1.0], "val_loss_floor": [0.0, 0.0], "val_top1": [50.0, 90.0],
+                            "val_inbatch_acc": [60.0, 95.0], "val_inbatch_max": [100.0, 100.0]})
+    fig = plots.training_curves(history)
+    loss_ax, acc_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == [
+        "training loss", "floor of the training loss (same-class images per batch)", "validation loss"]
+    assert len(acc_ax.lines) == 2  # a ceiling of 100% bounds nothing
+    history["val_inbatch_max"] = [25.0, 25.0]
+    assert "ceiling" in plots.training_curves(history).axes[1].lines[-1].get_label()
+
+
 def test_training_curves_take_each_epochs_last_row_when_logged_per_step():
     history = pd.DataFrame({"epoch": [1, 1, 2, 2], "train_loss": [4.0, 3.0, 2.0, 1.0],
                             "val_top1": [np.nan, 10.0, np.nan, 20.0]})

@@ -30,8 +30,8 @@ spec.loader.exec_module(run_notebooks)
 # full differs from quick only where it opens Caltech-256 (01, 05) or sizes its test sets (04, 07; 09 and 10 size
 # theirs the same way as 07, so quick covers them).
 ONLINE_NOTEBOOKS = {"quick": ["01", "02", "03", "04", "05", "06", "07", "09", "10"], "full": ["01", "04", "05", "07"]}
-SMOKE_SIZES = {"quick": "quick:n_train=1,n_val=1,n_test=2,batch_size=8,num_epochs=1",
-               "full": "full:n_train=1,n_val=1,n_test=2,batch_size=8,num_epochs=1"}
+SMOKE_SIZES = {"quick": "quick:train_per_class=1,val_per_class=1,test_per_class=2,batch_size=8,num_epochs=1",
+               "full": "full:train_per_class=1,val_per_class=1,test_per_class=2,batch_size=8,num_epochs=1"}
 
 
 @pytest.fixture(scope="session")
@@ -175,11 +175,11 @@ def test_a_missing_download_fails_at_once_naming_url_file_folder_and_offline_way
 def test_a_sized_profile_changes_only_the_sizes_and_says_so(tmp_path):
     from clip_helpers.profiles import PROFILES, get_profile
 
-    profile, reason = get_profile("full:n_test=30,num_epochs=1", tmp_path)
+    profile, reason = get_profile("full:test_per_class=30,num_epochs=1", tmp_path)
     full = PROFILES["full"]
-    assert (profile.name, profile.n_test, profile.num_epochs) == ("full", 30, 1)
-    assert (profile.n_train, profile.finetune_source, profile.lr) == (full.n_train, full.finetune_source, full.lr)
-    assert "SIZES CHANGED (n_test=30, num_epochs=1)" in profile.meaning and "n_test=30" in reason
-    for bad in ("full:lr=1", "full:n_test=0", "full:n_test"):
+    assert (profile.name, profile.test_per_class, profile.num_epochs) == ("full", 30, 1)
+    assert (profile.train_per_class, profile.finetune_source, profile.lr) == (full.train_per_class, full.finetune_source, full.lr)
+    assert "SIZES CHANGED (test_per_class=30, num_epochs=1)" in profile.meaning and "test_per_class=30" in reason
+    for bad in ("full:lr=1", "full:test_per_class=0", "full:test_per_class"):
         with pytest.raises(ValueError, match="size=positive integer"):
             get_profile(bad, tmp_path)

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clip_helpers import checkpoints, seeds, train
 from clip_helpers.models import load_clip
-from clip_helpers.train import TrainConfig, fine_tune, train_loader_for
+from clip_helpers.batches import train_loader_for
+from clip_helpers.train import TrainConfig, fine_tune
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 ROOT = Path(__file__).resolve().parent.parent

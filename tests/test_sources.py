@@ -32,7 +32,9 @@ def test_a_folder_source_takes_n_per_class_and_a_transform(my_photos):
     opened = open_source(str(my_photos), "test", n_per_class=1, transform=lambda image: image.size)
     assert sorted(targets_of(opened.dataset)) == [0, 1]
     assert opened.dataset[0][0] == (16, 16)
-    assert list(zero_shot_test_sets(str(my_photos), 1)) == ["my_photos test"]
+    test_sets = zero_shot_test_sets(str(my_photos), 1)
+    assert list(test_sets.datasets) == ["my_photos test"] and test_sets.class_names == ["cat", "dog"]
+    assert len(test_sets.datasets["my_photos test"]) == 2  # one image of each class
 
 
 def test_an_unknown_source_names_the_choices_and_the_folder_layout(tmp_path):

@@ -1,6 +1,6 @@
 import torch
 
-from clip_helpers.text import (CIFAR10_CLASSES, CIFAR10_TEMPLATES, texts_from_labels, encode_texts,
+from clip_helpers.text import (CIFAR10_CLASSES, CIFAR10_TEMPLATES, texts_from_labels, encode_texts, fill,
                                tokenize)
 from clip_helpers.zeroshot import check_classes_and_templates
 
@@ -65,3 +65,14 @@ def test_a_bare_string_is_refused_not_split_into_letters(mini):
 def test_no_texts_is_a_clear_error(mini):
     with pytest.raises(ValueError, match="texts is empty"):
         encode_texts(mini, [])
+
+
+def test_fill_makes_the_article_agree_with_the_name_and_touches_nothing_else():
+    assert fill("a photo of a {}.", "astronaut") == "a photo of an astronaut."
+    assert fill("a {} on a plain background.", "orange circle") == "an orange circle on a plain background."
+    assert fill("A {}.", "eagle") == "An eagle."
+    assert fill("a photo of a {}.", "unicorn") == "a photo of a unicorn."  # a vowel letter, not a vowel sound
+    assert fill("a photo of the {}.", "airplane") == "a photo of the airplane."
+    assert fill("a photo of a small {}.", "airplane") == "a photo of a small airplane."
+    assert fill("a photo of a {}.", "cat") == "a photo of a cat."
+    assert texts_from_labels(["apple", "dog"], "a {}.", labels=[1, 0]) == ["a dog.", "an apple."]

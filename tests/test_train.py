@@ -6,11 +6,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from clip_helpers import checkpoints, evaluation, losses, optim, recipes, train
+from clip_helpers.batches import train_loader_for, val_loader_for
 from clip_helpers.device import make_scaler
 from clip_helpers.losses import clip_loss
 from clip_helpers.models import load_clip, preprocess_for
 from clip_helpers.recipes import SMOKE_RECIPE
-from clip_helpers.train import TrainConfig, fine_tune, train_loader_for
+from clip_helpers.train import TrainConfig, fine_tune
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 
@@ -267,21 +268,6 @@ def test_resume_when_the_steps_per_epoch_change_is_refused_with_a_reason(mini, t
 
 # ---------------------------------------------------------------- validation batches and their floor
 
-def test_val_loader_for_mixes_classes_in_one_fixed_order():
-    labels = torch.arange(12).repeat_interleave(10)  # sorted, as data.split returns a class's items together
-    dataset = TensorDataset(torch.zeros(120, 1), labels)
-    batches = [batch_labels for _, batch_labels in train.val_loader_for(dataset, batch_size=16, seed=3)]
-    seen = torch.cat(batches)
-    assert sorted(seen.tolist()) == sorted(labels.tolist())  # every item once
-    # 16 slots over 12 classes: at most 2 (or 3 where a round-robin round ends mid-batch) of one class per batch
-    assert max(int(torch.bincount(b).max()) for b in batches) <= math.ceil(16 / 12) + 1
-    again = torch.cat([b for _, b in train.val_loader_for(dataset, batch_size=16, seed=3)])
-    other = torch.cat([b for _, b in train.val_loader_for(dataset, batch_size=16, seed=4)])
-    assert again.tolist() == seen.tolist() and other.tolist() != seen.tolist()
-    sorted_batches = [b for _, b in DataLoader(dataset, batch_size=16)]  # the old loader: whole classes per batch
-    assert max(int(torch.bincount(b).max()) for b in sorted_batches) == 10
-
-
 def test_loss_floor_is_reached_by_a_perfect_model_and_never_beaten():
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3])
     features = torch.nn.functional.one_hot(labels).float()  # each image on its class's (shared) caption
@@ -309,9 +295,20 @@ def test_validation_scores_report_the_floor_of_their_own_batches(mini):
     assert scores["val_loss"] >= scores["val_loss_floor"] and scores["val_inbatch_acc"] <= scores["val_inbatch_max"]
 
 
+def test_history_gives_the_floor_of_the_training_batches_and_none_for_validation(mini):
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 0, 1, 2, 3])  # read in order: batches of 8 and 4
+    train_set = TensorDataset(torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(3)), labels)
+    history = fine_tune(copy.deepcopy(mini), DataLoader(train_set, batch_size=8),
+                        val_loader_for(train_set, batch_size=8), config_for(num_epochs=1))
+    first = (3 * math.log(3) + 2 * math.log(2) + 2 * math.log(2)) / 8  # sum over classes of k log k, per image
+    assert history["train_loss_floor"].iloc[0] == pytest.approx((first + 0.0) / 2)  # the second batch: 4 classes
+    assert history["train_loss"].iloc[0] > history["train_loss_floor"].iloc[0]
+    assert history["val_loss_floor"].iloc[0] == 0 and history["val_inbatch_max"].iloc[0] == 100
+
+
 def test_extra_scores_are_measured_after_every_epoch(mini, tiny_data):
     train_set, val_set = tiny_data
     history = fine_tune(copy.deepcopy(mini), train_loader_for(train_set, batch_size=8),
-                        train.val_loader_for(val_set, batch_size=8), config_for(num_epochs=3),
+                        val_loader_for(val_set, batch_size=8), config_for(num_epochs=3),
                         extra_scores=lambda model: {"scale": model.logit_scale.item()})
     assert len(history) == 3 and history["scale"].nunique() == 3  # the model moved: one value per epoch, not one copied

@@ -1,7 +1,7 @@
 """Run every notebooks/NN_*.ipynb top to bottom with papermill and print a one-screen summary.
 
     python tools/run_notebooks.py --profile offline [--only 03 --only 06] [--out outputs] [--data-dir data]
-    python tools/run_notebooks.py --rehearsal --profile full:n_train=1,n_val=1 --data-dir rehearsal-data --out outputs/rehearsal/full
+    python tools/run_notebooks.py --rehearsal --profile full:train_per_class=1,val_per_class=1 --data-dir rehearsal-data --out outputs/rehearsal/full
 
 Executed copies go to <out>/notebooks/, figures to <out>/figures/, each notebook's key number to
 <out>/metrics/NN_name.json. Exits non-zero if any notebook fails, naming it and the failing cell.
@@ -104,7 +104,7 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="auto",
-                        help="smoke, offline, quick, full or auto (default); full:n_test=30,num_epochs=1 changes sizes")
+                        help="smoke, offline, quick, full or auto (default); full:test_per_class=30,num_epochs=1 changes sizes")
     parser.add_argument("--only", action="append", default=[],
                         help="run only notebooks starting with this (repeatable)")
     parser.add_argument("--out", default="outputs", help="output folder (default outputs)")
@@ -117,7 +117,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.profile.partition(":")[0] not in ("auto", *PROFILES):
         parser.error(f"argument --profile: invalid choice: {args.profile!r} (choose from auto, {', '.join(PROFILES)}, "
-                     f"optionally with sizes, e.g. full:n_test=30)")
+                     f"optionally with sizes, e.g. full:test_per_class=30)")
     for name in ("out", "data_dir"):
         not_a_folder = first_file_on(Path(getattr(args, name)))
         if not_a_folder:
@@ -142,7 +142,7 @@ def main(argv=None):
     paths = notebooks(args.notebooks, args.only)
     if not paths:
         parser.error(f"no notebooks matching {args.only or 'NN_*.ipynb'} in {args.notebooks}")
-    sizes = args.profile.partition(":")[2]  # "full:n_test=30" reaches every notebook; "auto" as what it chose
+    sizes = args.profile.partition(":")[2]  # "full:test_per_class=30" reaches every notebook; "auto" as what it chose
     parameters = dict(profile=f"{profile.name}:{sizes}" if sizes else profile.name, profile_reason=reason, data_dir=str(data_dir), out_dir=str(out_dir),
                       interactive=False)
     rows, failures, start = [], [], time.time()

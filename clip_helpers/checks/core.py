@@ -116,3 +116,11 @@ def diagnose(outputs: list, cases: list, options: dict, compute) -> list | None:
 
 def explain(hints: list) -> str:
     return hints[0] if len(hints) == 1 else "several things:\n" + "\n".join(f"  - {hint}" for hint in hints)
+
+
+def fail_on_known_mistake(exercise: str, outputs: list, cases: list, options: dict, compute):
+    """Fail with the hints of the simplest known mistake that gives the student's `outputs` (diagnose); return
+    when none does, so the check can say what the right computation is."""
+    hints = diagnose(outputs, cases, options, compute)
+    if hints:
+        fail(exercise, explain(hints))

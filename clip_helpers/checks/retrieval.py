@@ -2,7 +2,7 @@
 import torch
 
 from .. import retrieval
-from .core import as_tensor, call, close, diagnose, explain, fail, passed
+from .core import as_tensor, call, close, fail, fail_on_known_mistake, passed
 
 
 def recall_cases() -> list:
@@ -54,8 +54,6 @@ def check_recall_at_k(recall_at_k) -> bool:
     expected = [retrieval.recall_at_k(s, p, ks=(k,))[k] for s, p, k in cases]
     if all(close(output, want) for output, want in zip(outputs, expected)):
         return passed(exercise)
-    hints = diagnose(outputs, cases, RECALL_MISTAKES, recall_variant)
-    if hints:
-        fail(exercise, explain(hints))
+    fail_on_known_mistake(exercise, outputs, cases, RECALL_MISTAKES, recall_variant)
     fail(exercise, "for each row (a query) take the k gallery items with the largest similarity; the query is found "
                    "when positives is True for at least one of them; recall@k is the percentage of rows found.")

@@ -4,7 +4,7 @@ import math
 import torch
 
 from .. import similarity
-from .core import as_tensor, call, close, diagnose, explain, fail, passed
+from .core import as_tensor, call, close, fail, fail_on_known_mistake, passed
 
 
 def vector_cases() -> list:
@@ -62,9 +62,7 @@ def check_cosine_similarity(cosine_similarity) -> bool:
                            f"sum the products a_i*b_i before dividing by the lengths.")
         outputs.append(output.reshape(()))
     if not all(close(output, similarity.cosine_similarity(a, b)) for output, (a, b) in zip(outputs, cases)):
-        hints = diagnose(outputs, cases, COSINE_MISTAKES, cosine_variant)
-        if hints:
-            fail(exercise, explain(hints))
+        fail_on_known_mistake(exercise, outputs, cases, COSINE_MISTAKES, cosine_variant)
         wrong = next(i for i, (a, b) in enumerate(cases) if not close(outputs[i], similarity.cosine_similarity(a, b)))
         a, b = cases[wrong]
         expected = similarity.cosine_similarity(a, b).item()
@@ -137,9 +135,7 @@ def check_similarity_matrix(similarity_matrix) -> bool:
     expected = [similarity.similarity_matrix(i, t).to(torch.float64) for i, t in cases]
     if all(close(output, want) for output, want in zip(outputs, expected)):
         return passed(exercise)
-    hints = diagnose(outputs, cases, MATRIX_MISTAKES, matrix_variant)
-    if hints:
-        fail(exercise, explain(hints))
+    fail_on_known_mistake(exercise, outputs, cases, MATRIX_MISTAKES, matrix_variant)
     for output, want, (i, t) in zip(outputs, expected, cases):
         if output is None or output.shape != want.shape:
             got = "something that is not a tensor of numbers" if output is None else f"shape {tuple(output.shape)}"
@@ -197,7 +193,5 @@ def check_caption_probabilities(caption_probabilities) -> bool:
             got = "something that is not a tensor of numbers" if output is None else f"shape {tuple(output.shape)}"
             fail(exercise, f"the probabilities have the similarity's shape {tuple(want.shape)} (one row per image, one "
                            f"column per caption); you returned {got}.")
-    hints = diagnose(outputs, cases, PROBABILITY_MISTAKES, probability_variant)
-    if hints:
-        fail(exercise, explain(hints))
+    fail_on_known_mistake(exercise, outputs, cases, PROBABILITY_MISTAKES, probability_variant)
     fail(exercise, "each row should be the softmax, over the captions, of logit_scale times that image's cosines.")

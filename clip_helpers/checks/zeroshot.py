@@ -3,7 +3,7 @@ import torch
 
 from .. import zeroshot
 from ..similarity import normalize
-from .core import as_tensor, call, close, diagnose, explain, fail, passed
+from .core import as_tensor, call, close, fail, fail_on_known_mistake, passed
 
 
 def reference_classifier(text_features: torch.Tensor) -> torch.Tensor:
@@ -48,9 +48,7 @@ def check_classifier(classifier_from) -> bool:
     expected = [reference_classifier(case) for case in cases]
     if all(close(output, want) for output, want in zip(outputs, expected)):
         return passed(exercise)
-    hints = diagnose(outputs, cases, CLASSIFIER_MISTAKES, classifier_variant)
-    if hints:
-        fail(exercise, explain(hints))
+    fail_on_known_mistake(exercise, outputs, cases, CLASSIFIER_MISTAKES, classifier_variant)
     for output, want, case in zip(outputs, expected, cases):
         if output is None or output.shape != want.shape:
             got = "something that is not a tensor of numbers" if output is None else f"shape {tuple(output.shape)}"
@@ -103,9 +101,7 @@ def check_top1(top1) -> bool:
     if any(output is None or output.numel() != 1 for output in outputs):
         fail(exercise, "return one number: the percentage of images whose highest-scoring class is their label.")
     outputs = [output.reshape(()) for output in outputs]
-    hints = diagnose(outputs, cases, TOP1_MISTAKES, top1_variant)
-    if hints:
-        fail(exercise, explain(hints))
+    fail_on_known_mistake(exercise, outputs, cases, TOP1_MISTAKES, top1_variant)
     fail(exercise, "the prediction of an image is the class whose classifier row has the largest dot product with "
                    "its features (argmax over classes, dim=1); top-1 is the percentage of predictions equal to labels.")
 
@@ -157,8 +153,6 @@ def check_held_out_top1(held_out_top1) -> bool:
     outputs = [output.reshape(()) for output in outputs]
     if all(close(output, zeroshot.scores(*case)["top1"]) for output, case in zip(outputs, cases)):
         return passed(exercise)
-    hints = diagnose(outputs, cases, HELD_OUT_MISTAKES, held_out_variant)
-    if hints:
-        fail(exercise, explain(hints))
+    fail_on_known_mistake(exercise, outputs, cases, HELD_OUT_MISTAKES, held_out_variant)
     fail(exercise, "the prediction is the argmax of image_features @ classifier.T over all classes (dim=1); top-1 is "
                    "the percentage of predictions equal to labels.")
