@@ -1,5 +1,5 @@
-"""How images are put into batches for fine-tuning: shuffled training batches, and validation batches in which
-no two images share a class.
+"""How images are put into batches for fine-tuning: shuffled training batches, validation batches in which
+no two images share a class, and under torchrun each process's share of every global training batch.
 
 Why the validation batches matter: a contrastive batch scores each image against the captions of the same
 batch. k images of one class have k captions of that class, so the loss of that batch cannot go below
@@ -8,12 +8,16 @@ whatever the model learns. A split sorted by class, read in order, puts whole cl
 validation curves show that floor, not learning. Batches of distinct classes have no floor at all.
 """
 import math
+from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from .data import targets_of
+from .distributed import SINGLE, Processes
+from .seeds import epoch_seed
 
 
 def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> DataLoader:
@@ -53,3 +57,84 @@ def val_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0
     fixed by `seed`: every epoch is scored on the same batches, and no batch imposes a floor on the loss."""
     return DataLoader(dataset, batch_sampler=distinct_class_batches(labels_of(dataset), batch_size, seed),
                       num_workers=num_workers, pin_memory=pin_memory)
+
+
+# ---------------------------------------------------------------- several processes (torchrun)
+
+def local_batch_size(batch_size: int, world_size: int) -> int:
+    """Each process's share of a global batch of `batch_size`; refuses a batch that does not split evenly."""
+    if batch_size % world_size:
+        raise ValueError(f"A global batch of {batch_size} does not split evenly over {world_size} processes: "
+                         f"choose a batch size that is a multiple of {world_size}.")
+    return batch_size // world_size
+
+
+class ShardedSampler(DistributedSampler):
+    """Process `rank`'s part of each global batch: the rank-th contiguous chunk of `local_batch_size` items.
+
+    The global order is DistributedSampler's (a permutation seeded by seed + epoch; call set_epoch each
+    epoch); it is cut into global batches of world_size x local_batch_size and the short last one is
+    dropped, so every process makes the same number of equal steps. Gathering in rank order puts the
+    global batch back together in the order one process with the same seed would have read it.
+    """
+
+    def __init__(self, dataset: Dataset, local_batch_size: int, num_replicas: int, rank: int,
+                 shuffle: bool = True, seed: int = 0, order: Callable[[int], torch.Tensor] | None = None):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.local_batch_size, self.order = local_batch_size, order  # order(epoch): the global order, if given
+        global_batch = local_batch_size * num_replicas
+        self.num_batches = len(dataset) // global_batch
+        if self.num_batches == 0:
+            raise ValueError(f"{len(dataset)} items do not fill one global batch of {global_batch} "
+                             f"({num_replicas} processes x {local_batch_size}): use a smaller batch size.")
+        self.num_samples = self.num_batches * local_batch_size
+        self.total_size = self.num_batches * global_batch
+
+    def __iter__(self):
+        if self.order is not None:
+            order = self.order(self.epoch)
+        elif self.shuffle:
+            order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(len(self.dataset))
+        global_batch = self.local_batch_size * self.num_replicas
+        for start in range(self.rank * self.local_batch_size, self.total_size, global_batch):
+            yield from order[start:start + self.local_batch_size].tolist()
+
+
+def sharded_train_loader(dataset: Dataset, batch_size: int, processes: Processes = SINGLE, seed: int = 0,
+                 num_workers: int = 0) -> DataLoader:
+    """This process's loader for a global batch of `batch_size` (fine_tune calls its sampler's set_epoch)."""
+    local = local_batch_size(batch_size, processes.world_size)
+    sampler = ShardedSampler(dataset, local, processes.world_size, processes.rank, seed=seed)
+    return DataLoader(dataset, batch_size=local, sampler=sampler, num_workers=num_workers)
+
+
+def single_process_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which one process reads train_loader_for's loader in epoch `epoch` of fine_tune:
+    a DataLoader whose generator train.reseed_sampler seeds (it draws a base seed from it, then shuffles)."""
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return next(iter(DataLoader(range(size), batch_size=size, shuffle=True, generator=generator)))
+
+
+def shard(loader: DataLoader, processes: Processes, seed: int) -> DataLoader:
+    """This process's part of a training loader of global batches (the loader itself in one process).
+
+    A DataLoader with shuffle=True or False (train_loader_for's) becomes a loader of the same dataset
+    with a ShardedSampler that reads, after set_epoch(epoch), the global batches one process reads in that
+    epoch of a run seeded with `seed` (less a short last batch, which cannot be split evenly).
+    """
+    if processes.world_size == 1 or isinstance(getattr(loader, "sampler", None), ShardedSampler):
+        return loader
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, (RandomSampler, SequentialSampler)) or getattr(sampler, "replacement", False) \
+            or loader.batch_size is None:
+        raise ValueError(f"fine_tune on several processes splits a DataLoader made with a batch_size and shuffle=True "
+                         f"or False (train_loader_for); this one draws with a {type(sampler).__name__}. Build it "
+                         f"with clip_helpers.batches.sharded_train_loader(dataset, batch_size, processes).")
+    local = local_batch_size(loader.batch_size, processes.world_size)
+    shuffle = isinstance(sampler, RandomSampler)
+    sampler = ShardedSampler(loader.dataset, local, processes.world_size, processes.rank, shuffle=shuffle, seed=seed,
+                             order=partial(single_process_order, len(loader.dataset), seed) if shuffle else None)
+    return DataLoader(loader.dataset, batch_size=local, sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)

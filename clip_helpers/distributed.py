@@ -9,24 +9,21 @@ With that, distributed_clip_loss is the single-process clip_loss on the global b
 gradients are the single-process gradients on it (tests/test_distributed.py checks both, every parameter).
 
 The global batch: the loader's batch_size stays the *global* batch, split into equal contiguous chunks, one
-per process in rank order (shard, ShardedSampler), so adding processes leaves the optimisation, the
+per process in rank order (batches.shard, batches.ShardedSampler), so adding processes leaves the optimisation, the
 negatives and the learning-rate schedule unchanged; only the work per process shrinks. train.fine_tune
 uses all of this under torchrun; clip_helpers.main_process makes rank 0 the one writer.
 """
 import os
 import warnings
 from datetime import timedelta
-from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from .losses import clip_loss
-from .seeds import epoch_seed
 from .text import encode_texts
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -139,7 +136,8 @@ def check_same_length(tensor: torch.Tensor) -> None:
     lengths = [int(n) for n in lengths]
     if len(set(lengths)) > 1:
         raise ValueError(f"The processes hold batches of {lengths} items; gathering needs equal ones. Load the "
-                         f"training data with clip_helpers.distributed.train_loader (equal shards, no short last batch).")
+                         f"training data with clip_helpers.batches.sharded_train_loader (equal shards, no short last "
+                         f"batch).")
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -224,86 +222,7 @@ def unwrap(wrapped: nn.Module) -> nn.Module:
     return wrapped.model if isinstance(wrapped, CLIPFeatures) else wrapped
 
 
-# ---------------------------------------------------------------- data
-
-def local_batch_size(batch_size: int, world_size: int) -> int:
-    """Each process's share of a global batch of `batch_size`; refuses a batch that does not split evenly."""
-    if batch_size % world_size:
-        raise ValueError(f"A global batch of {batch_size} does not split evenly over {world_size} processes: "
-                         f"choose a batch size that is a multiple of {world_size}.")
-    return batch_size // world_size
-
-
-class ShardedSampler(DistributedSampler):
-    """Process `rank`'s part of each global batch: the rank-th contiguous chunk of `local_batch_size` items.
-
-    The global order is DistributedSampler's (a permutation seeded by seed + epoch; call set_epoch each
-    epoch); it is cut into global batches of world_size x local_batch_size and the short last one is
-    dropped, so every process makes the same number of equal steps. Gathering in rank order puts the
-    global batch back together in the order one process with the same seed would have read it.
-    """
-
-    def __init__(self, dataset: Dataset, local_batch_size: int, num_replicas: int, rank: int,
-                 shuffle: bool = True, seed: int = 0, order: Callable[[int], torch.Tensor] | None = None):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
-        self.local_batch_size, self.order = local_batch_size, order  # order(epoch): the global order, if given
-        global_batch = local_batch_size * num_replicas
-        self.num_batches = len(dataset) // global_batch
-        if self.num_batches == 0:
-            raise ValueError(f"{len(dataset)} items do not fill one global batch of {global_batch} "
-                             f"({num_replicas} processes x {local_batch_size}): use a smaller batch size.")
-        self.num_samples = self.num_batches * local_batch_size
-        self.total_size = self.num_batches * global_batch
-
-    def __iter__(self):
-        if self.order is not None:
-            order = self.order(self.epoch)
-        elif self.shuffle:
-            order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(len(self.dataset))
-        global_batch = self.local_batch_size * self.num_replicas
-        for start in range(self.rank * self.local_batch_size, self.total_size, global_batch):
-            yield from order[start:start + self.local_batch_size].tolist()
-
-
-def train_loader(dataset: Dataset, batch_size: int, processes: Processes = SINGLE, seed: int = 0,
-                 num_workers: int = 0) -> DataLoader:
-    """This process's loader for a global batch of `batch_size` (fine_tune calls its sampler's set_epoch)."""
-    local = local_batch_size(batch_size, processes.world_size)
-    sampler = ShardedSampler(dataset, local, processes.world_size, processes.rank, seed=seed)
-    return DataLoader(dataset, batch_size=local, sampler=sampler, num_workers=num_workers)
-
-
-def single_process_order(size: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order in which one process reads batches.train_loader_for's loader in epoch `epoch` of fine_tune:
-    a DataLoader whose generator train.reseed_sampler seeds (it draws a base seed from it, then shuffles)."""
-    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    return next(iter(DataLoader(range(size), batch_size=size, shuffle=True, generator=generator)))
-
-
-def shard(loader: DataLoader, processes: Processes, seed: int) -> DataLoader:
-    """This process's part of a training loader of global batches (the loader itself in one process).
-
-    A DataLoader with shuffle=True or False (batches.train_loader_for's) becomes a loader of the same dataset
-    with a ShardedSampler that reads, after set_epoch(epoch), the global batches one process reads in that
-    epoch of a run seeded with `seed` (less a short last batch, which cannot be split evenly).
-    """
-    if processes.world_size == 1 or isinstance(getattr(loader, "sampler", None), ShardedSampler):
-        return loader
-    sampler = getattr(loader, "sampler", None)
-    if not isinstance(sampler, (RandomSampler, SequentialSampler)) or getattr(sampler, "replacement", False) \
-            or loader.batch_size is None:
-        raise ValueError(f"fine_tune on several processes splits a DataLoader made with a batch_size and shuffle=True "
-                         f"or False (batches.train_loader_for); this one draws with a {type(sampler).__name__}. Build it "
-                         f"with clip_helpers.distributed.train_loader(dataset, batch_size, processes).")
-    local = local_batch_size(loader.batch_size, processes.world_size)
-    shuffle = isinstance(sampler, RandomSampler)
-    sampler = ShardedSampler(loader.dataset, local, processes.world_size, processes.rank, shuffle=shuffle, seed=seed,
-                             order=partial(single_process_order, len(loader.dataset), seed) if shuffle else None)
-    return DataLoader(loader.dataset, batch_size=local, sampler=sampler, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
-
+# ---------------------------------------------------------------- a global batch's parts
 
 def all_labels(labels: torch.Tensor, processes: Processes) -> torch.Tensor:
     """The labels of the whole global batch, in rank order (the loader's labels in one process)."""
@@ -313,6 +232,6 @@ def all_labels(labels: torch.Tensor, processes: Processes) -> torch.Tensor:
 
 
 def own_part(items: list, processes: Processes) -> list:
-    """This process's contiguous share of a global batch's `items` (ShardedSampler's rule)."""
+    """This process's contiguous share of a global batch's `items` (batches.ShardedSampler's rule)."""
     size = len(items) // processes.world_size
     return items[processes.rank * size:(processes.rank + 1) * size]

@@ -59,25 +59,32 @@ def tokenize(model, texts: list[str]) -> torch.Tensor:
     return clip.tokenize(list_of_strings(texts), context_length=model.context_length)
 
 
-def encode_texts(model, texts: list[str]) -> torch.Tensor:
+def encode_texts(model, texts: list[str], batch_size: int = 1024) -> torch.Tensor:
     """Unnormalised text features, equal to `model.encode_text(tokenize(model, texts))`, but cheaper.
 
     Each distinct text is encoded once. The text transformer's mask is causal, so the tokens after the
     longest end-of-text token cannot change any feature: we run only that many positions instead of
-    the full context (77 for OpenAI's models; a class-name caption needs about 6).
+    the full context (77 for OpenAI's models; a class-name caption needs about 6). At most `batch_size`
+    texts go through the transformer at once, so Caltech-256's 257 x 18 prompts do not all hold activations
+    together.
     """
     texts = list_of_strings(texts)
     unique = list(dict.fromkeys(texts))
-    tokens = tokenize(model, unique).to(model.positional_embedding.device)
+    features = torch.cat([encode_distinct(model, unique[start:start + batch_size])
+                          for start in range(0, len(unique), batch_size)])
+    position = {text: i for i, text in enumerate(unique)}
+    return features[torch.tensor([position[text] for text in texts], device=features.device)]
+
+
+def encode_distinct(model, texts: list[str]) -> torch.Tensor:
+    tokens = tokenize(model, texts).to(model.positional_embedding.device)
     end = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
     length = int(end.max()) + 1
     x = model.token_embedding(tokens[:, :length]).type(model.dtype)
     x = x + model.positional_embedding[:length].type(model.dtype)
     x = causal_transformer(model.transformer, x.permute(1, 0, 2)).permute(1, 0, 2)
     x = model.ln_final(x).type(model.dtype)
-    features = x[torch.arange(len(unique)), end] @ model.text_projection
-    position = {text: i for i, text in enumerate(unique)}
-    return features[torch.tensor([position[text] for text in texts], device=features.device)]
+    return x[torch.arange(len(texts)), end] @ model.text_projection
 
 
 def causal_transformer(transformer, x):

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import batches, distributed
 from .checkpoints import describe_run, last_checkpoint_message, save_checkpoint
 from .device import amp_context, make_scaler
 from .evaluation import validation_scores
@@ -131,7 +131,7 @@ def train_step(model, images: torch.Tensor, labels: torch.Tensor, texts: list[st
 
 def reseed_sampler(loader, seed: int, epoch: int) -> None:
     """Reseed a shuffling DataLoader built with a generator (see batches.train_loader_for) for this epoch, or set the
-    epoch of a distributed one (distributed.shard). A loader without either draws its order from torch's
+    epoch of a distributed one (batches.shard). A loader without either draws its order from torch's
     global RNG, which a resume restores too.
     """
     sampler = getattr(loader, "sampler", None)
@@ -153,13 +153,13 @@ def fine_tune(model, train_loader, val_loader, config: "TrainConfig", extra_scor
     config.resume=True continues from it and returns the same history an uninterrupted run would have.
 
     Under torchrun (several processes) it trains with DistributedDataParallel: train_loader's batch_size
-    is the global batch, each process reads its share (distributed.shard); every process validates on the
+    is the global batch, each process reads its share (batches.shard); every process validates on the
     whole val_loader (the same weights give the same scores, so no gathering) and returns the same history;
     the main process (rank 0) alone writes the run folder, every process resumes from its checkpoint.
     """
     check_loaders(train_loader, val_loader)
     processes = distributed.processes_for(model)
-    train_loader = distributed.shard(train_loader, processes, config.seed)
+    train_loader = batches.shard(train_loader, processes, config.seed)
     steps_per_epoch = len(train_loader)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config.num_epochs * steps_per_epoch, config.warmup_fraction)

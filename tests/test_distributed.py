@@ -233,13 +233,13 @@ def test_adamw_steps_on_two_processes_end_with_the_weights_of_one(ranks, base):
 
 def test_sharded_sampler_splits_each_global_batch_into_contiguous_chunks():
     dataset = torch.utils.data.TensorDataset(torch.arange(23))
-    one = list(distributed.ShardedSampler(dataset, 6, num_replicas=1, rank=0, seed=5))
-    shards = [list(distributed.ShardedSampler(dataset, 3, num_replicas=2, rank=r, seed=5)) for r in range(2)]
+    one = list(batches.ShardedSampler(dataset, 6, num_replicas=1, rank=0, seed=5))
+    shards = [list(batches.ShardedSampler(dataset, 3, num_replicas=2, rank=r, seed=5)) for r in range(2)]
     assert len(one) == 18 and all(len(s) == 9 for s in shards)  # 3 global batches of 6; the last 5 items dropped
     for b in range(3):  # rank order reassembles the global batch one process reads
         assert shards[0][3 * b:3 * b + 3] + shards[1][3 * b:3 * b + 3] == one[6 * b:6 * b + 6]
     assert sorted(one) == sorted(set(one))
-    sampler = distributed.ShardedSampler(dataset, 6, num_replicas=1, rank=0, seed=5)
+    sampler = batches.ShardedSampler(dataset, 6, num_replicas=1, rank=0, seed=5)
     sampler.set_epoch(1)
     assert list(sampler) != one and list(sampler) == list(sampler)
 
@@ -247,7 +247,7 @@ def test_sharded_sampler_splits_each_global_batch_into_contiguous_chunks():
 def test_shard_reads_the_global_batches_one_process_reads():
     dataset = torch.utils.data.TensorDataset(torch.arange(20))
     one = batches.train_loader_for(dataset, 8, seed=3)
-    shards = [distributed.shard(one, distributed.Processes(r, 2, r, "cpu", r == 0), seed=3) for r in range(2)]
+    shards = [batches.shard(one, distributed.Processes(r, 2, r, "cpu", r == 0), seed=3) for r in range(2)]
     orders = []
     for epoch in (1, 2):
         for loader in (one, *shards):
@@ -257,17 +257,17 @@ def test_shard_reads_the_global_batches_one_process_reads():
         assert [a + b for a, b in zip(*halves)] == global_batches[:2]  # the short last batch (4 items) is dropped
         orders.append(global_batches)
     assert orders[0] != orders[1]  # the order changes with the epoch
-    assert distributed.shard(one, distributed.SINGLE, seed=3) is one
+    assert batches.shard(one, distributed.SINGLE, seed=3) is one
     weighted = DataLoader(dataset, batch_size=8, sampler=torch.utils.data.WeightedRandomSampler([1.0] * 20, 20))
-    with pytest.raises(ValueError, match="distributed.train_loader"):
-        distributed.shard(weighted, distributed.Processes(0, 2, 0, "cpu", True), seed=3)
+    with pytest.raises(ValueError, match="batches.sharded_train_loader"):
+        batches.shard(weighted, distributed.Processes(0, 2, 0, "cpu", True), seed=3)
 
 
 def test_batches_that_do_not_split_are_refused():
     with pytest.raises(ValueError, match="multiple of 3"):
-        distributed.local_batch_size(10, 3)
+        batches.local_batch_size(10, 3)
     with pytest.raises(ValueError, match="smaller batch size"):
-        distributed.train_loader(torch.utils.data.TensorDataset(torch.arange(5)), 8)
+        batches.sharded_train_loader(torch.utils.data.TensorDataset(torch.arange(5)), 8)
 
 
 def test_single_process_needs_no_process_group(monkeypatch):
@@ -347,7 +347,7 @@ def run_worker(processes, data, out_dir, kill):
             run_fine_tune(data, os.path.join(out_dir, "two"))
         except checkpoints.RunFolderError as error:
             Path(out_dir, f"refused-rank{rank}.txt").write_text(str(error))
-        loader = distributed.shard(batches.train_loader_for(data[0], RUN_BATCH, seed=0), processes, seed=0)
+        loader = batches.shard(batches.train_loader_for(data[0], RUN_BATCH, seed=0), processes, seed=0)
         loader = KilledInEpoch(loader, 2, out_dir) if rank == 0 else loader
         run_fine_tune(data, os.path.join(out_dir, "killed"), train_loader=loader)
     else:

@@ -40,6 +40,15 @@ def test_encode_texts_encodes_each_distinct_text_once(mini, monkeypatch):
     assert shape == (len(set(TEXTS)), longest) and longest < mini.context_length
 
 
+def test_encode_texts_in_small_batches_gives_the_same_features_in_the_same_order(mini):
+    texts = [fill(template, name) for name in ("cat", "red circle", "orange heart") for template in CIFAR10_TEMPLATES]
+    texts += texts[:5]  # repeats map back to their first encoding
+    with torch.no_grad():
+        expected = mini.encode_text(tokenize(mini, texts))
+        chunked = encode_texts(mini, texts, batch_size=7)  # 54 distinct texts: 8 batches, the last of 5
+    torch.testing.assert_close(chunked, expected, atol=1e-5, rtol=0)
+
+
 def test_encode_texts_is_differentiable(mini):
     model = type(mini)(**__import__("clip_helpers.models", fromlist=["MINI_CLIP"]).MINI_CLIP)
     encode_texts(model, ["a red circle", "a red circle", "a blue star"]).sum().backward()
