@@ -103,7 +103,7 @@ class ShardedSampler(DistributedSampler):
 
 
 def sharded_train_loader(dataset: Dataset, batch_size: int, processes: Processes = SINGLE, seed: int = 0,
-                 num_workers: int = 0) -> DataLoader:
+                         num_workers: int = 0) -> DataLoader:
     """This process's loader for a global batch of `batch_size` (fine_tune calls its sampler's set_epoch)."""
     local = local_batch_size(batch_size, processes.world_size)
     sampler = ShardedSampler(dataset, local, processes.world_size, processes.rank, seed=seed)

@@ -190,6 +190,15 @@ def per_epoch(history):
     return history.groupby("epoch", as_index=False).last()
 
 
+def binds(column: str, values: pd.Series) -> bool:
+    """False for a bound that bounds nothing: a loss floor of 0, an accuracy ceiling of 100%."""
+    if column.endswith("_floor"):
+        return bool((values > 1e-9).any())
+    if column.endswith("_max"):
+        return bool((values < 100 - 1e-9).any())
+    return True
+
+
 def training_curves(history, title="Fine-tuning: loss and validation accuracy per epoch (report Fig 10)"):
     """Fig 10's two panels from a history DataFrame: loss vs epoch, validation accuracy vs epoch.
 
@@ -208,9 +217,7 @@ def training_curves(history, title="Fine-tuning: loss and validation accuracy pe
                                  ("held_out_top1", "zero-shot top-1 on held-out pairs", "o-"),
                                  ("val_inbatch_max", "ceiling of in-batch matching (same-class images)", "C1:")))):
         for column, label, style in curves:
-            values = epochs[column].dropna() if column in epochs else pd.Series(dtype=float)
-            binds = {"_floor": (values > 1e-9).any(), "_max": (values < 100 - 1e-9).any()}
-            if not values.empty and all(binds[end] for end in binds if column.endswith(end)):
+            if column in epochs and epochs[column].notna().any() and binds(column, epochs[column].dropna()):
                 ax.plot(epochs["epoch"], epochs[column], style, label=label)
     loss_ax.set(xlabel="epoch", ylabel="contrastive loss", title="loss")
     loss_ax.legend()
