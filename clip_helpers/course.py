@@ -16,6 +16,7 @@ import torch
 from . import plots
 from .profiles import Profile, describe, get_profile
 from .recipes import load_model
+from .sources import TestSets, zero_shot_test_sets
 
 
 def project_path(path) -> Path:
@@ -68,6 +69,12 @@ class Lesson:
         print(f"{model_name} on {model.positional_embedding.device}: image tower {type(model.visual).__name__}, "
               f"{sum(p.numel() for p in model.parameters()):,} parameters")
         return model, preprocess
+
+    def zero_shot_test_sets(self, preprocess) -> TestSets:
+        """(datasets, class_names, templates): the profile's zero-shot test images, the same ones in every notebook
+        that asks (07, 09): test_per_class images of each class of its zero-shot source, drawn with seed + 1."""
+        return zero_shot_test_sets(self.profile.zeroshot_source, self.profile.test_per_class, data_dir=self.data_dir,
+                                   transform=preprocess, seed=self.seed + 1)
 
 
 def start(notebook: str, profile: str = "auto", profile_reason: str = "", data_dir="data", out_dir="outputs",

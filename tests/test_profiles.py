@@ -131,3 +131,16 @@ def test_auto_does_not_trust_a_damaged_cached_file(tmp_path, monkeypatch, damage
     profile, reason = profiles.get_profile("auto", tmp_path)
     assert profile.name == expected
     assert f"the cached {path} is unusable" in reason and ("empty" in reason or "truncated" in reason)
+
+
+def test_a_lessons_zero_shot_test_sets_are_the_profiles_images_drawn_with_seed_plus_one(tmp_path):
+    lesson = course.start("07_zero_shot", "smoke", data_dir=tmp_path, out_dir=tmp_path / "out", seed=4,
+                          interactive=False)
+    test_sets, class_names, templates = lesson.zero_shot_test_sets(preprocess=None)
+    direct = sources.zero_shot_test_sets("shapes", lesson.profile.test_per_class, seed=5)
+    assert list(test_sets) == ["seen pairs", "held-out pairs"] and class_names == direct.class_names
+    for name, dataset in test_sets.items():
+        ours, theirs = dataset[0][0], direct.datasets[name][0][0]  # PIL images: the same pixels
+        assert len(dataset) == len(direct.datasets[name]) and list(ours.getdata()) == list(theirs.getdata())
+    other_seed = sources.zero_shot_test_sets("shapes", lesson.profile.test_per_class, seed=4)
+    assert list(other_seed.datasets["seen pairs"][0][0].getdata()) != list(test_sets["seen pairs"][0][0].getdata())
