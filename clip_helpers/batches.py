@@ -26,12 +26,6 @@ def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int =
                       generator=torch.Generator().manual_seed(seed))
 
 
-def labels_of(dataset) -> list[int]:
-    if isinstance(dataset, torch.utils.data.TensorDataset):  # recipes.rendered: the labels are its second tensor
-        return dataset.tensors[1].tolist()
-    return targets_of(dataset)
-
-
 def distinct_class_batches(labels, batch_size: int, seed: int = 0) -> list[list[int]]:
     """Every index once, in batches of at most `batch_size` that never hold two items of one class.
 
@@ -55,7 +49,7 @@ def val_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0
                    pin_memory: bool = False) -> DataLoader:
     """A validation DataLoader of batches without two images of one class (distinct_class_batches), in one order
     fixed by `seed`: every epoch is scored on the same batches, and no batch imposes a floor on the loss."""
-    return DataLoader(dataset, batch_sampler=distinct_class_batches(labels_of(dataset), batch_size, seed),
+    return DataLoader(dataset, batch_sampler=distinct_class_batches(targets_of(dataset), batch_size, seed),
                       num_workers=num_workers, pin_memory=pin_memory)
 
 

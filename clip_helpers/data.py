@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torchvision
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .downloads import checksums_skipped
 
@@ -251,6 +251,8 @@ def targets_of(dataset) -> list[int]:
     if isinstance(dataset, Subset):
         labels = targets_of(dataset.dataset)
         return [labels[i] for i in dataset.indices]
+    if isinstance(dataset, TensorDataset):  # (images, labels) tensors, e.g. recipes.rendered
+        return [int(label) for label in dataset.tensors[1]]
     for attribute in ("targets", "y"):  # CIFAR10, ShapesDataset, ImageFolderCaptions: targets; Caltech256: y
         if hasattr(dataset, attribute):
             return [int(label) for label in getattr(dataset, attribute)]

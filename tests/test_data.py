@@ -146,6 +146,8 @@ def test_targets_of_reads_labels_without_the_images(folder):
     assert targets_of(shapes) == [label for _, label in shapes]
     nested = Subset(Subset(dataset, [5, 0, 40, 7]), [3, 0, 2])
     assert targets_of(nested) == [label for _, label in nested]
+    tensors = torch.utils.data.TensorDataset(torch.zeros(4, 3), torch.tensor([2, 0, 1, 2]))  # recipes.rendered's form
+    assert targets_of(Subset(tensors, [3, 1])) == [label.item() for _, label in Subset(tensors, [3, 1])] == [2, 0]
 
 
 def check_split(dataset, val_fraction, seed=0):
