@@ -1,6 +1,8 @@
 """Every notebook runs top to bottom in the smoke profile and writes its figures; committed notebooks are clean."""
+import ast
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -14,6 +16,7 @@ run_notebooks = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run_notebooks)
 
 EXPECTED_FIGURES = {
+    "00_start_here": [],  # front matter: reading only
     "01_data": ["01_examples_scikit-image", "01_shapes_held_out_pairs", "01_shapes_examples"],
     "02_encoders": ["02_convolution", "02_vit_patches", "02_causal_mask"],
     "03_cosine_similarity": ["03_similarity_matrix", "03_temperature"],
@@ -44,6 +47,17 @@ def test_committed_notebook_is_clean_and_parameterised(path):
         assert f"\n{name} = " in "\n" + parameters[0].source
     assert "course.start(" in notebook.cells[2].source  # the cell after the parameters says which profile ran
     assert notebook.metadata.kernelspec.name == "python3"
+
+
+def test_the_front_matter_plans_every_notebook_in_order_with_the_minutes_it_adds_up():
+    notebook = nbformat.read(ROOT / "notebooks" / "00_start_here.ipynb", as_version=4)
+    table = next(cell.source for cell in notebook.cells if cell.source.startswith("## 3. The notebooks"))
+    rows = re.findall(r"^\| \[(\d\d_\w+)\]\(\1\.ipynb\) \|.*\| (\d+) min \|$", table, flags=re.MULTILINE)
+    assert [name for name, _ in rows] == [path.stem for path in NOTEBOOKS]
+    code = next(cell.source for cell in notebook.cells if "estimated_minutes = {" in cell.source)
+    assignment = next(node for node in ast.parse(code).body
+                      if isinstance(node, ast.Assign) and node.targets[0].id == "estimated_minutes")
+    assert ast.literal_eval(assignment.value) == {name[:2]: int(minutes) for name, minutes in rows}
 
 
 @pytest.fixture(scope="module")

@@ -154,13 +154,14 @@ def test_the_student_edition_runs_up_to_the_first_exercise_and_stops_there(tmp_p
 # ---------------------------------------------------------------- the course's own notebooks
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+LESSONS = [path for path in NOTEBOOKS if not path.name.startswith("00_")]  # 00_start_here is front matter: no exercises
 
 
 def solution_cells(notebook) -> list:
     return [(index, cell) for index, cell in enumerate(notebook.cells) if make_student.is_nbgrader_solution(cell)]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", LESSONS, ids=lambda path: path.stem)
 def test_every_notebook_has_two_to_four_exercises_each_ending_in_its_check(path):
     from clip_helpers.checks import answers
 
