@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"one of {', '.join(SOURCES)}, or a folder with one sub-folder of images per class")
     parser.add_argument("--epochs", type=at_least(1), default=5)
     parser.add_argument("--batch-size", type=at_least(2), default=32,
-                        help="the global batch, at least 2 (one pair has no negatives); under torchrun, split over the processes")
+                        help="the global batch, at least 2 (one pair has no negatives); split over torchrun's processes")
     parser.add_argument("--lr", type=positive_float, default=None, help="default: 1e-5 (pretrained), 2e-3 (mini)")
     parser.add_argument("--train-size", type=at_least(2), default=5000)
     parser.add_argument("--val-size", type=at_least(1), default=1000)

@@ -170,8 +170,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m clip_helpers.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=at_least(1), default=5)
     parser.add_argument("--batch-size", type=at_least(2), default=32)
-    parser.add_argument("--train-size", type=at_least(2), default=5000, help="Caltech-256 training images (report: ~5000)")
-    parser.add_argument("--val-size", type=at_least(1), default=1000, help="Caltech-256 validation images (report: 1000)")
+    parser.add_argument("--train-size", type=at_least(2), default=5000,
+                        help="Caltech-256 training images (report: ~5000)")
+    parser.add_argument("--val-size", type=at_least(1), default=1000,
+                        help="Caltech-256 validation images (report: 1000)")
     # 20: two of each CIFAR-10 class, so that the tenth held out to choose C holds every class
     parser.add_argument("--probe-train-size", type=at_least(20), default=50000,
                         help="CIFAR-10 training images for the linear probe, at least 20 (paper: all 50,000)")

@@ -23,7 +23,8 @@ def whole_number_problem(name: str, value, minimum: int, optional: bool = False)
     if optional and value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return f"{name} must be a whole number >= {minimum}{' (or None: all of them)' if optional else ''}, not {value!r}"
+        none = " (or None: all of them)" if optional else ""
+        return f"{name} must be a whole number >= {minimum}{none}, not {value!r}"
     return None
 
 
@@ -45,8 +46,9 @@ def fine_tune_problems(*, num_epochs=1, batch_size=2, lr=None, train_size=None, 
                         "loss, and BatchNorm cannot train on it")
     if train_size == 1:
         problems.append("train_size 1 makes one batch of one image, which cannot train: use train_size >= 2")
-    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
-        problems.append(f"lr must be a finite number > 0 (or None: the model's default), not {lr!r}")
+    number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+    if lr is not None and not (number and math.isfinite(lr) and lr > 0):
+        problems.append(f"lr must be a finite number > 0, not {lr!r} (or None: the model's default)")
     if resume and overwrite:
         problems.append("resume and overwrite ask for opposite things; choose one")
     return [problem for problem in problems if problem]

@@ -176,7 +176,7 @@ def test_sigterm_mid_run_names_the_last_checkpoint(mini, tmp_path):
 
     with pytest.raises(Terminated, match=rf"Stopped by SIGTERM\. The last good checkpoint is "
                                          rf"{tmp_path / 'run' / 'checkpoint.pt'} \(epoch 1\).*resume=True"):
-        fine_tune(copy.deepcopy(mini), batches.train_loader_for(images_of(8), 4),
+        fine_tune(copy.deepcopy(mini), batches.train_loader_for(images_of(4), 4),  # one step an epoch
                   DataLoader(images_of(4, seed=1), batch_size=4),
                   config_for(num_epochs=3, run_dir=str(tmp_path / "run")), extra_scores=terminated_in_epoch_2)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
