@@ -80,7 +80,7 @@ def check_captions(class_names, templates, context_length: int, what: str = "the
         raise SettingsError(
             f"{len(long)} caption(s) made from {what} are longer than the model's context of {context_length} tokens "
             f"(start and end tokens included), so the text tower cannot read them: {shown}. Shorten those class names "
-            f"(rename their folders), use shorter templates, or a model with a longer context.")
+            f"(of a folder dataset: rename their folders), use shorter templates, or a model with a longer context.")
 
 
 # ---------------------------------------------------------------- argparse types
