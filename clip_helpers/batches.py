@@ -13,17 +13,69 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from .data import targets_of
 from .distributed import SINGLE, Processes
 from .seeds import epoch_seed
+from .settings import SettingsError
 
 
 def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A shuffling DataLoader whose order fine_tune can fix per epoch (so a resumed run sees the same batches)."""
+    """A shuffling DataLoader whose order fine_tune can fix per epoch (so a resumed run sees the same batches).
+
+    A last batch of a single image is dropped (another image each epoch, since the order is shuffled): one
+    pair has no negatives, so its loss is 0, and BatchNorm (the mini-CLIP's ResNet) cannot train on it.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise SettingsError(f"batch_size must be a whole number >= 2, not {batch_size!r}: a batch of one image has "
+                            f"no negatives for the contrastive loss, and BatchNorm cannot train on it.")
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), drop_last=len(dataset) % batch_size == 1)
+
+
+def dataset_size(loader):
+    dataset = getattr(loader, "dataset", None)
+    return len(dataset) if hasattr(dataset, "__len__") else None
+
+
+def smallest_batch(loader) -> int | None:
+    """The fewest items a batch of `loader` holds, read from its batch sampler without drawing any (None: unknown)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    try:
+        if isinstance(batch_sampler, BatchSampler):
+            rest = len(batch_sampler.sampler) % batch_sampler.batch_size
+            return rest if rest and not batch_sampler.drop_last else batch_sampler.batch_size
+        if isinstance(batch_sampler, (list, tuple)) and batch_sampler:  # e.g. val_loader_for's
+            return min(len(batch) for batch in batch_sampler)
+    except TypeError:  # a sampler without a length (an IterableDataset's)
+        pass
+    return None
+
+
+def has_batch_norm(model) -> bool:
+    return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
+def check_loaders(model, train_loader, val_loader, world_size: int = 1) -> None:
+    """Refuse before the first step what would fail at some step, or train on nothing: an empty loader, and a
+    training batch of one image (the whole batch with world_size 1; this process's share, with BatchNorm)."""
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if len(loader) == 0:
+            raise SettingsError(f"{name} yields no batches (its dataset holds {dataset_size(loader)} items): "
+                                f"give it at least one image.")
+    smallest, batch_norm = smallest_batch(train_loader), has_batch_norm(model)
+    if smallest != 1 or not (world_size == 1 or batch_norm):
+        return
+    why = ("the model's BatchNorm cannot train on one image" if batch_norm else
+           "one pair has no negatives, so its loss is 0 and it trains nothing")
+    batch_size = getattr(train_loader, "batch_size", None)
+    if batch_size == 1:
+        raise SettingsError(f"train_loader's batches hold one image{' per process' if world_size > 1 else ''}, and "
+                            f"{why}: use a batch size of at least {2 * world_size}.")
+    raise SettingsError(f"train_loader's last batch holds one image ({dataset_size(train_loader)} images in batches of "
+                        f"{batch_size}), and {why}. Build it with clip_helpers.batches.train_loader_for, which drops "
+                        f"such a batch, pass drop_last=True, or choose another batch size.")
 
 
 def distinct_class_batches(labels, batch_size: int, seed: int = 0) -> list[list[int]]:

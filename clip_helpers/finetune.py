@@ -11,14 +11,15 @@ checkpoint that --resume continues from. A run folder holds one run: a new run i
 Under torchrun, --batch-size is the global batch (split over the processes) and rank 0 prints and writes.
 """
 import argparse
-import math
 import shlex
 import sys
 from pathlib import Path
 
 from . import distributed
 from .checkpoints import RunFolderError
+from .interrupts import exit_status, sigterm_raises, stopped
 from .recipes import default_run, fine_tune_on
+from .settings import SettingsError, at_least, fine_tune_problems, positive_float
 from .sources import SOURCES
 
 
@@ -29,39 +30,16 @@ def source_or_folder(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is neither one of {SOURCES} nor a folder (one sub-folder per class)")
 
 
-def at_least(minimum):
-    """An argparse type: a whole number >= minimum, so a bad value stops at parse time with argparse's message."""
-    def whole_number(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
-        return value
-    return whole_number
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clip_helpers.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ViT-B/32", help="a clip model name, 'mini', or a checkpoint file")
     parser.add_argument("--dataset", default="caltech256", type=source_or_folder,
                         help=f"one of {', '.join(SOURCES)}, or a folder with one sub-folder of images per class")
     parser.add_argument("--epochs", type=at_least(1), default=5)
-    parser.add_argument("--batch-size", type=at_least(1), default=32,
-                        help="the global batch: under torchrun, split over the processes")
+    parser.add_argument("--batch-size", type=at_least(2), default=32,
+                        help="the global batch, at least 2 (one pair has no negatives); split over torchrun's processes")
     parser.add_argument("--lr", type=positive_float, default=None, help="default: 1e-5 (pretrained), 2e-3 (mini)")
-    parser.add_argument("--train-size", type=at_least(1), default=5000)
+    parser.add_argument("--train-size", type=at_least(2), default=5000)
     parser.add_argument("--val-size", type=at_least(1), default=1000)
     # --run-name too: torchrun's own parser reads a bare --run as an abbreviation of its --run-path and stops
     parser.add_argument("--run", "--run-name", dest="run", default=None,
@@ -76,8 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--int8-eval", action="store_true",
                         help="validate with an int8 image tower (CPU, ViT models): faster, not exact")
     args = parser.parse_args(argv)
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite ask for opposite things; choose one")
+    problems = fine_tune_problems(num_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                  train_size=args.train_size, val_size=args.val_size, workers=args.workers,
+                                  resume=args.resume, overwrite=args.overwrite)
+    if problems:  # the checks fine_tune_on makes, here at parse time, in the options' own names
+        parser.error("; ".join(problems).replace("resume and overwrite", "--resume and --overwrite"))
     return args
 
 
@@ -93,7 +74,8 @@ def main(argv=None):
     args = parse_args(argv)
     run = args.run or default_run(args.model, args.dataset)
     try:
-        return fine_tune_and_print(args, argv, run)
+        with sigterm_raises():  # `timeout` and schedulers stop a run with SIGTERM: say what Ctrl-C would
+            return fine_tune_and_print(args, argv, run)
     finally:
         distributed.cleanup()  # leave torchrun's process group, if fine_tune_on joined one
 
@@ -113,9 +95,9 @@ def fine_tune_and_print(args, argv, run):
         if distributed.world_size() > 1 and checkpoint.is_file():
             next_step = "Resume with the same torchrun command, adding --resume."
         if distributed.is_main():
-            print(f"\n{interrupt or 'Interrupted.'}\n{next_step}", file=sys.stderr)
-        raise SystemExit(130) from None
-    except RunFolderError as error:  # a refusal that says what to do: its traceback would only bury that
+            print(f"\n{interrupt or stopped(interrupt)}\n{next_step}", file=sys.stderr)
+        raise SystemExit(exit_status(interrupt)) from None
+    except (RunFolderError, SettingsError) as error:  # a refusal that says what to do: a traceback would bury that
         # every process raises it; one message is enough
         raise SystemExit(f"python -m clip_helpers.finetune: error: {error}" if distributed.is_main() else 1) from None
     if distributed.is_main():

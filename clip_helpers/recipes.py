@@ -17,6 +17,7 @@ from .evaluation import validation_scores
 from .files import save_atomically
 from .main_process import main_first
 from .models import build_random_clip, load_clip, preprocess_for
+from .settings import SettingsError, check_fine_tune_settings, whole_number_problem
 from .shapes import SHAPES_TEMPLATES
 from .sources import open_source, source_name
 from .train import TrainConfig, fine_tune
@@ -123,8 +124,9 @@ def load_model(model_name: str, data_dir="data", device=None, mini_recipe: str =
 
 
 def check_size(name: str, size) -> None:
-    if size is not None and not (isinstance(size, int) and size >= 1):
-        raise ValueError(f"{name} must be a whole number >= 1 (or None: all of them), not {size!r}")
+    problem = whole_number_problem(name, size, 1, optional=True)
+    if problem:
+        raise SettingsError(f"{problem}.")
 
 
 def train_and_val_sets(source: str, preprocess, data_dir, train_size: int | None, val_size: int | None, seed: int = 0):
@@ -162,9 +164,11 @@ def fine_tune_on(*, model_name: str = "ViT-B/32", source: str = "caltech256", nu
     resume: True continues the run (refused when there is none), "auto" continues it if there is one;
     overwrite=True lets a new run replace the one in the run folder.
     Under torchrun each process takes its share of every global batch of `batch_size` (see fine_tune).
+    Every argument is checked before anything is loaded (settings.fine_tune_problems), every caption's length
+    once the model and the class names are known, before the first step (fine_tune).
     """
-    check_size("train_size", train_size)
-    check_size("val_size", val_size)
+    check_fine_tune_settings(num_epochs=num_epochs, batch_size=batch_size, lr=lr, train_size=train_size,
+                             val_size=val_size, workers=workers, resume=resume, overwrite=overwrite)
     device = device or get_device()
     processes = init_from_env(device)  # under torchrun: joins its processes, one GPU each
     if processes.world_size > 1:

@@ -21,14 +21,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import plots, probe, rehearsal, retrieval
-from .data import caltech256, cifar10, split
+from .data import cifar10, split
 from .device import get_device
 from .downloads import SKIP_CHECKSUMS
 from .features import encode_images
 from .models import load_clip, model_summary
 from .photos import photo, photo_descriptions
+from .interrupts import exit_status, sigterm_raises, stopped
 from .recipes import fine_tune_on
+from .settings import SettingsError, at_least, check_captions, fine_tune_problems
 from .similarity import similarity_matrix
+from .sources import open_source
 from .text import CIFAR10_CLASSES, CIFAR10_TEMPLATES, encode_texts, fill
 from .zeroshot import build_classifier, scores
 
@@ -51,7 +54,8 @@ def pretrained_or_exit(device, download_root):
 def datasets_or_exit(data_dir, preprocess):
     """CIFAR-10's test set and Caltech-256, downloaded now so a missing one stops the run before any training."""
     try:
-        return cifar10(data_dir, train=False, transform=preprocess), caltech256(data_dir, transform=preprocess)
+        return cifar10(data_dir, train=False, transform=preprocess), open_source("caltech256", data_dir=data_dir,
+                                                                                 transform=preprocess)
     except RuntimeError as error:
         raise SystemExit(f"make reproduce needs CIFAR-10 and Caltech-256.\n{error}") from None
 
@@ -164,19 +168,34 @@ def results_table(summary, zero_shot, history, similarity, fig12_hits, banner=No
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m clip_helpers.reproduce", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--train-size", type=int, default=5000, help="Caltech-256 training images (report: ~5000)")
-    parser.add_argument("--val-size", type=int, default=1000, help="Caltech-256 validation images (report: 1000)")
-    parser.add_argument("--probe-train-size", type=int, default=50000,
-                        help="CIFAR-10 training images for the linear probe (paper: all 50,000)")
+    parser.add_argument("--epochs", type=at_least(1), default=5)
+    parser.add_argument("--batch-size", type=at_least(2), default=32)
+    parser.add_argument("--train-size", type=at_least(2), default=5000,
+                        help="Caltech-256 training images (report: ~5000)")
+    parser.add_argument("--val-size", type=at_least(1), default=1000,
+                        help="Caltech-256 validation images (report: 1000)")
+    # 20: two of each CIFAR-10 class, so that the tenth held out to choose C holds every class
+    parser.add_argument("--probe-train-size", type=at_least(20), default=50000,
+                        help="CIFAR-10 training images for the linear probe, at least 20 (paper: all 50,000)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out-dir", default="outputs")
     parser.add_argument("--rehearsal", action="store_true",
                         help="run on the stand-ins in --data-dir (clip_helpers.rehearsal), checksums skipped; "
                              "results.md and the figures say it is a rehearsal")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problems = fine_tune_problems(num_epochs=args.epochs, batch_size=args.batch_size, train_size=args.train_size,
+                                  val_size=args.val_size)
+    if problems:  # fine_tune_on's own checks, made now: it runs last, after the slow steps
+        parser.error("; ".join(problems))
+    return args
+
+
+def check_all_captions(model, caltech):
+    """Every caption of the run (CIFAR-10's and Caltech-256's) fits the model's context, checked before any work."""
+    check_captions(CIFAR10_CLASSES, CIFAR10_TEMPLATES, model.context_length, "CIFAR-10's class names")
+    check_captions(caltech.class_names, [*caltech.templates, *caltech.train_templates], model.context_length,
+                   "Caltech-256's class names")
 
 
 def main(argv=None):
@@ -191,7 +210,8 @@ def main(argv=None):
     model, preprocess = pretrained_or_exit(device, str(Path(args.data_dir) / "weights"))
     summary = model_summary(model)
     print("model:", ", ".join(f"{key} {value:,}" for key, value in summary.items()))
-    cifar_test, _ = datasets_or_exit(args.data_dir, preprocess)
+    cifar_test, caltech = datasets_or_exit(args.data_dir, preprocess)
+    check_all_captions(model, caltech)
     figures = Path(args.out_dir) / "figures"
     similarity, fig12_hits = fig12_similarity(model, preprocess, figures)
     print(f"Fig 12: {fig12_hits}/{len(FIG12)} photos matched to their own caption")
@@ -220,5 +240,19 @@ def main(argv=None):
     print(results.read_text())
 
 
+def run_from_command_line(argv=None):
+    """main, with Ctrl-C and SIGTERM (`timeout`, a scheduler) answered by what to do next instead of a traceback."""
+    try:
+        with sigterm_raises():
+            return main(argv)
+    except KeyboardInterrupt as interrupt:
+        print(f"\n{interrupt or stopped(interrupt)}\nRun the same command again to continue: the fine-tuning resumes "
+              f"from its last checkpoint (resume='auto') and the image features already computed are cached.",
+              file=sys.stderr)
+        raise SystemExit(exit_status(interrupt)) from None
+    except SettingsError as error:
+        raise SystemExit(f"python -m clip_helpers.reproduce: error: {error}") from None
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_from_command_line())

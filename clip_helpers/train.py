@@ -24,13 +24,16 @@ import torch
 from tqdm.auto import tqdm
 
 from . import batches, distributed
+from .batches import dataset_size
 from .checkpoints import describe_run, last_checkpoint_message, save_checkpoint
 from .device import amp_context, make_scaler
 from .evaluation import validation_scores
+from .interrupts import sigterm_raises, stopped
 from .losses import clip_loss, loss_floor
 from .main_process import on_main, run_folder_on_main
 from .optim import make_optimizer, make_scheduler
 from .seeds import epoch_seed, restore_rng_states, seed_everything
+from .settings import check_captions
 from .text import fill
 from .zeroshot import build_classifier
 
@@ -156,10 +159,21 @@ def fine_tune(model, train_loader, val_loader, config: "TrainConfig", extra_scor
     is the global batch, each process reads its share (batches.shard); every process validates on the
     whole val_loader (the same weights give the same scores, so no gathering) and returns the same history;
     the main process (rank 0) alone writes the run folder, every process resumes from its checkpoint.
+
+    Before any work it refuses loaders that cannot train (batches.check_loaders) and captions longer than the
+    model's context (settings.check_captions). SIGTERM (`timeout`, a scheduler) stops it as Ctrl-C does: it
+    raises interrupts.Terminated, a KeyboardInterrupt, whose message says where the last checkpoint is.
     """
-    check_loaders(train_loader, val_loader)
     processes = distributed.processes_for(model)
     train_loader = batches.shard(train_loader, processes, config.seed)
+    batches.check_loaders(model, train_loader, val_loader, processes.world_size)
+    check_captions(config.class_names, [*config.templates, *(config.eval_templates or [])], model.context_length)
+    with sigterm_raises():
+        return pd.DataFrame(trained_history(model, train_loader, val_loader, config, processes, extra_scores))
+
+
+def trained_history(model, train_loader, val_loader, config, processes, extra_scores=None) -> list[dict]:
+    """fine_tune's history rows, once its loaders and captions are checked (and train_loader is this process's)."""
     steps_per_epoch = len(train_loader)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config.num_epochs * steps_per_epoch, config.warmup_fraction)
@@ -167,7 +181,7 @@ def fine_tune(model, train_loader, val_loader, config: "TrainConfig", extra_scor
     parts = (model, optimizer, scheduler, scaler)
     if not config.run_dir:
         seed_everything(config.seed)
-        return pd.DataFrame(run_epochs(parts, processes, train_loader, val_loader, config, [], None, extra_scores))
+        return run_epochs(parts, processes, train_loader, val_loader, config, [], None, extra_scores)
     batch_size = getattr(train_loader, "batch_size", None)
     record = describe_run(config, batch_size=batch_size and batch_size * processes.world_size,
                           steps_per_epoch=steps_per_epoch, train_images=dataset_size(train_loader),
@@ -180,23 +194,9 @@ def fine_tune(model, train_loader, val_loader, config: "TrainConfig", extra_scor
             restore(parts, state)  # on every process; the RNG states are rank 0's (see the README)
             history = state["history"]
         try:
-            history = run_epochs(parts, processes, train_loader, val_loader, config, history, record, extra_scores)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(interrupted_message(config.run_dir, processes)) from None
-    return pd.DataFrame(history)
-
-
-def dataset_size(loader):
-    dataset = getattr(loader, "dataset", None)
-    return len(dataset) if hasattr(dataset, "__len__") else None
-
-
-def check_loaders(train_loader, val_loader):
-    """An empty loader would fail only after an epoch's work (or train nothing): refuse it first."""
-    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
-        if len(loader) == 0:
-            raise ValueError(f"{name} yields no batches (its dataset holds {dataset_size(loader)} items): "
-                             f"give it at least one image.")
+            return run_epochs(parts, processes, train_loader, val_loader, config, history, record, extra_scores)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (interrupts.Terminated): the same message
+            raise type(interrupt)(interrupted_message(config.run_dir, processes, interrupt)) from None
 
 
 def restore(parts, state):
@@ -214,9 +214,9 @@ def saved_message(run_dir, processes):
     return last_checkpoint_message(run_dir) if processes.is_main else "The main process (rank 0) says which epoch was saved."
 
 
-def interrupted_message(run_dir, processes=distributed.SINGLE):
+def interrupted_message(run_dir, processes=distributed.SINGLE, interrupt=None):
     resume = " Continue it with the same settings and resume=True." if (Path(run_dir) / "checkpoint.pt").is_file() else ""
-    return f"Interrupted. {saved_message(run_dir, processes)}{resume}"
+    return f"{stopped(interrupt)} {saved_message(run_dir, processes)}{resume}"
 
 
 def run_epochs(parts, processes, train_loader, val_loader, config, history, record, extra_scores=None):

@@ -1,0 +1,109 @@
+"""A fine-tuning run's settings, checked before any work starts.
+
+A bad setting found when it is first used costs everything done before it: `reproduce --epochs 0` used to
+fail after Fig 12, zero-shot and the probe had run, and a class name too long for the model's context
+after the model and the data had loaded. So the command lines (finetune, reproduce) check every argument
+at parse time, recipes.fine_tune_on before it loads anything, and train.fine_tune every caption's token
+length before its first step, all with the functions below.
+"""
+import argparse
+import math
+
+import clip
+
+from .text import fill
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work; the message says what to change."""
+
+
+def whole_number_problem(name: str, value, minimum: int, optional: bool = False) -> str | None:
+    """What is wrong with `value` as a whole number >= minimum (None allowed when optional), or None."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        none = " (or None: all of them)" if optional else ""
+        return f"{name} must be a whole number >= {minimum}{none}, not {value!r}"
+    return None
+
+
+def fine_tune_problems(*, num_epochs=1, batch_size=2, lr=None, train_size=None, val_size=None,
+                       workers=0, resume=False, overwrite=False) -> list[str]:
+    """What is wrong with fine-tuning arguments, in words (an empty list: nothing), before anything is loaded.
+
+    batch_size 1 (and a training set of one image) cannot work: a contrastive batch of one pair has no
+    negatives (its loss is 0 whatever the model does), and a model with BatchNorm (the mini-CLIP's ResNet
+    tower) cannot even run a training step on it.
+    """
+    problems = [whole_number_problem("num_epochs", num_epochs, 1),
+                None if batch_size == 1 else whole_number_problem("batch_size", batch_size, 2),
+                whole_number_problem("train_size", train_size, 1, optional=True),
+                whole_number_problem("val_size", val_size, 1, optional=True),
+                whole_number_problem("workers", workers, 0)]
+    if batch_size == 1:
+        problems.append("batch_size must be >= 2, not 1: a batch of one image has no negatives for the contrastive "
+                        "loss, and BatchNorm cannot train on it")
+    if train_size == 1:
+        problems.append("train_size 1 makes one batch of one image, which cannot train: use train_size >= 2")
+    number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+    if lr is not None and not (number and math.isfinite(lr) and lr > 0):
+        problems.append(f"lr must be a finite number > 0, not {lr!r} (or None: the model's default)")
+    if resume and overwrite:
+        problems.append("resume and overwrite ask for opposite things; choose one")
+    return [problem for problem in problems if problem]
+
+
+def check_fine_tune_settings(**settings) -> None:
+    """Raise SettingsError listing every problem fine_tune_problems(**settings) finds."""
+    problems = fine_tune_problems(**settings)
+    if problems:
+        raise SettingsError(f"{'; '.join(problems)}.")
+
+
+def too_long_captions(class_names, templates, context_length: int) -> list[str]:
+    """The captions (every class name in every template, as fill writes them) longer than context_length tokens.
+
+    Tokenized once with one position more than the model has: a caption that fits leaves that position 0
+    (padding); one that does not puts a token there (clip.tokenize cuts it to end on the end token).
+    """
+    texts = list(dict.fromkeys(fill(template, name) for name in class_names for template in templates))
+    tokens = clip.tokenize(texts, context_length=context_length + 1, truncate=True)
+    return [text for text, last in zip(texts, tokens[:, -1].tolist()) if last != 0]
+
+
+def check_captions(class_names, templates, context_length: int, what: str = "the class names") -> None:
+    """Raise SettingsError naming the captions longer than the model's context (it would fail at the first step)."""
+    long = too_long_captions(class_names, templates, context_length)
+    if long:
+        shown = "; ".join(repr(text) for text in long[:5]) + (f" (and {len(long) - 5} more)" if len(long) > 5 else "")
+        raise SettingsError(
+            f"{len(long)} caption(s) made from {what} are longer than the model's context of {context_length} tokens "
+            f"(start and end tokens included), so the text tower cannot read them: {shown}. Shorten those class names "
+            f"(of a folder dataset: rename their folders), use shorter templates, or a model with a longer context.")
+
+
+# ---------------------------------------------------------------- argparse types
+
+def at_least(minimum):
+    """An argparse type: a whole number >= minimum, so a bad value stops at parse time with argparse's message."""
+    def whole_number(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
+        return value
+    return whole_number
+
+
+def positive_float(text):
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
+    return value
