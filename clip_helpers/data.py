@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .downloads import checksums_skipped
-from .images import IMAGE_EXTENSIONS, is_readable, not_an_image_reason, to_rgb, unreadable_reason
+from .images import IMAGE_EXTENSIONS, not_an_image_reason, to_rgb, unreadable_reason
 from .text import same_captions
 
 LAYOUT = "root/<NNN.class_name>/<images>, e.g. 256_ObjectCategories/001.ak47/001_0001.jpg"
@@ -68,20 +68,22 @@ def caltech256(root="data", transform=None, download=True):
 
 
 def without_unreadable(dataset):
-    """Caltech256 with files PIL cannot decode left out (listed in `.skipped`, one warning), like ImageFolderCaptions.
+    """Caltech256 with files PIL cannot decode, or of an extreme shape, left out (paths in `.skipped`, reasons in
+    `.skip_reasons`, one warning), like ImageFolderCaptions.
 
     torchvision opens a file only when it is indexed, so one truncated JPEG would otherwise stop a training run
     in the middle of an epoch.
     """
     folder = os.path.join(dataset.root, "256_ObjectCategories")
     paths = [os.path.join(folder, dataset.categories[y], f"{y + 1:03d}_{i:04d}.jpg") for i, y in zip(dataset.index, dataset.y)]
-    keep = [is_readable(path) for path in paths]
-    dataset.skipped = [path for path, ok in zip(paths, keep) if not ok]
-    dataset.index = [i for i, ok in zip(dataset.index, keep) if ok]
-    dataset.y = [y for y, ok in zip(dataset.y, keep) if ok]
+    reasons = [unreadable_reason(path) for path in paths]
+    dataset.skip_reasons = {path: reason for path, reason in zip(paths, reasons) if reason is not None}
+    dataset.skipped = list(dataset.skip_reasons)
+    dataset.index = [i for i, reason in zip(dataset.index, reasons) if reason is None]
+    dataset.y = [y for y, reason in zip(dataset.y, reasons) if reason is None]
     if dataset.skipped:
-        warnings.warn(f"Caltech-256: left out {len(dataset.skipped)} unreadable image file(s): {dataset.skipped[:3]}",
-                      stacklevel=3)
+        warnings.warn(f"Caltech-256: left out {len(dataset.skipped)} unreadable or unusable image file(s), reasons in "
+                      f".skip_reasons: {dataset.skipped[:3]}", stacklevel=3)
     return dataset
 
 

@@ -71,15 +71,13 @@ def unreadable_reason(path):
                 return reason
             image.draft("RGB", (image.width // 8 + 1, image.height // 8 + 1))  # JPEG only: cheap scaled decode
             image.load()
+            if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+                return "non-finite pixels (NaN or inf in a float image): no brightness to scale them to"
         return None
     except Image.DecompressionBombError as error:
         return f"too large for PIL ({error}); raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError ...)
         return f"unreadable ({type(error).__name__}: {error})"
-
-
-def is_readable(path):
-    return unreadable_reason(path) is None
 
 
 def not_an_image_reason(path) -> str:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from clip_helpers import features, files, photos
-from clip_helpers.data import ImageFolderCaptions, class_name
-from clip_helpers.images import is_readable, to_rgb
+from clip_helpers.data import ImageFolderCaptions, caltech256, class_name
+from clip_helpers.images import to_rgb
 from clip_helpers.sources import open_source
 from clip_helpers.zeroshot import check_classes_and_templates
 
@@ -124,6 +124,16 @@ def test_float_images_in_0_to_1_are_scaled_like_16_bit_ones(tmp_path):
     assert rgb.mode == "RGB" and np.array_equal(np.asarray(rgb), np.repeat(expected[..., None], 3, axis=2))
 
 
+def test_a_float_image_with_nan_pixels_is_skipped_with_the_reason(tmp_path):
+    square(tmp_path / "cat" / "fine.png")
+    pixels = np.full((16, 16), 0.5, dtype=np.float32)
+    pixels[3, 4] = np.nan
+    Image.fromarray(pixels).save(tmp_path / "cat" / "nan.tif")
+    dataset, _ = load(tmp_path)
+    assert len(dataset) == 1
+    assert dataset.skip_reasons[str(tmp_path / "cat" / "nan.tif")].startswith("non-finite pixels")
+
+
 # ---------------------------------------------------------------- shapes clip cannot resize cheaply
 
 def test_images_of_an_absurd_aspect_ratio_are_skipped_and_counted_before_resizing(tmp_path):
@@ -137,7 +147,17 @@ def test_images_of_an_absurd_aspect_ratio_are_skipped_and_counted_before_resizin
     assert dataset.skip_reasons[line].startswith("extreme aspect ratio (40000x1 pixels")
     assert "8960000x224" in dataset.skip_reasons[line]
     assert any("skipped 2 file(s)" in m and "2 extreme aspect ratio" in m for m in messages), messages
-    assert not is_readable(line)  # the check Caltech-256's loader uses too
+
+
+def test_caltech256_skips_images_of_an_absurd_aspect_ratio_with_the_reason(tmp_path):
+    folder = tmp_path / "caltech256" / "256_ObjectCategories" / "001.ak47"
+    square(folder / "001_0001.jpg")
+    Image.new("RGB", (40000, 1)).save(folder / "001_0002.jpg")
+    with pytest.warns(UserWarning, match="left out 1 unreadable or unusable"):
+        dataset = caltech256(root=tmp_path, download=False)
+    assert len(dataset) == 1 and dataset[0][0].size == (16, 16)
+    assert list(dataset.skip_reasons) == [str(folder / "001_0002.jpg")]
+    assert dataset.skip_reasons[str(folder / "001_0002.jpg")].startswith("extreme aspect ratio (40000x1 pixels")
 
 
 # ---------------------------------------------------------------- files left out are listed
