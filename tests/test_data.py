@@ -271,7 +271,7 @@ def test_cifar10_from_disk_needs_no_network(tmp_path, no_network, monkeypatch):
 
 # ---------------------------------------------------------------- issue 10, findings 2, 3 and 15
 
-from clip_helpers.data import to_rgb  # noqa: E402
+from clip_helpers.images import to_rgb  # noqa: E402
 
 
 def test_16_bit_grayscale_is_scaled_not_clipped_to_white(tmp_path):
