@@ -85,6 +85,15 @@ def test_a_source_name_that_is_also_a_folder_here_is_refused_with_both_spellings
     assert sorted(os.listdir(teacher / "photos")) == ["cat", "dog"]
 
 
+def test_the_command_line_refuses_the_ambiguous_name_at_parse_time(teacher, capsys):
+    from clip_helpers.finetune import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset", "photos"])
+    assert "Write ./photos" in capsys.readouterr().err
+    assert parse_args(["--dataset", "kit:photos"]).dataset == "kit:photos"
+    assert parse_args(["--dataset", "./photos"]).dataset == "./photos"
+
+
 def test_write_photos_adds_nothing_to_a_folder_it_did_not_make(tmp_path):
     square(tmp_path / "photos" / "cat" / "1.png")
     with pytest.raises(FileExistsError, match=r"not the kit's photos folder.*give that folder's path"):
