@@ -4,6 +4,7 @@ Every dataset here yields (image, label) with a PIL RGB image (or transform(imag
 indexes the dataset's `.classes`, so captions are `template.format(dataset.classes[label])`.
 """
 import os
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -14,43 +15,13 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .downloads import checksums_skipped
+from .images import IMAGE_EXTENSIONS, not_an_image_reason, to_rgb, unreadable_reason
+from .text import same_captions
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LAYOUT = "root/<NNN.class_name>/<images>, e.g. 256_ObjectCategories/001.ak47/001_0001.jpg"
 # torchvision hard-codes this inside Caltech256.download() instead of exposing a `url` attribute.
 CALTECH256_URL = "https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar"
 OFFLINE = "run with PROFILE=offline, which uses clip_helpers.shapes and needs no download"
-
-
-# Modes PIL gives 16-bit grayscale files (PNG, TIFF); "I" is how PIL opens a 16-bit PNG after some operations.
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def to_rgb(image):
-    """PIL image in RGB; transparent parts of RGBA/LA/P images become white rather than black.
-
-    16-bit grayscale is scaled to 8 bit (x / 257); PIL's own convert("RGB") clips it, so almost all turns white.
-    """
-    if image.mode in SIXTEEN_BIT_MODES:
-        return Image.fromarray(eight_bit(np.asarray(image)), "L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", image.size, "white")
-        rgba = image.convert("RGBA")
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
-
-
-def eight_bit(values):
-    """16-bit values 0..65535 as uint8 0..255 (65535 -> 255); values outside that range are stretched, with a warning."""
-    values = values.astype(np.float64)
-    low, high = 0.0, 65535.0
-    if values.min() < low or values.max() > high:  # a 32-bit "I" image: there is no standard range to scale from
-        low, high = float(values.min()), float(values.max())
-        warnings.warn(f"32-bit image with values {low:g}..{high:g}, outside 16 bits: stretched to 0..255", stacklevel=3)
-    return np.round((values - low) / max(high - low, 1.0) * 255).astype(np.uint8)
 
 
 def open_or_explain(dataset_class, url, folder, **kwargs):
@@ -92,36 +63,43 @@ def caltech256(root="data", transform=None, download=True):
                               os.path.join(root, "caltech256", "256_ObjectCategories"),
                               root=root, transform=rgb_transform, download=download)
     dataset.classes = [class_name(folder) for folder in dataset.categories]
+    refuse_same_captions(dataset.root, dataset.categories, dataset.classes)
     return without_unreadable(dataset)
 
 
 def without_unreadable(dataset):
-    """Caltech256 with files PIL cannot decode left out (listed in `.skipped`, one warning), like ImageFolderCaptions.
+    """Caltech256 with files PIL cannot decode, or of an extreme shape, left out (paths in `.skipped`, reasons in
+    `.skip_reasons`, one warning), like ImageFolderCaptions.
 
     torchvision opens a file only when it is indexed, so one truncated JPEG would otherwise stop a training run
     in the middle of an epoch.
     """
     folder = os.path.join(dataset.root, "256_ObjectCategories")
     paths = [os.path.join(folder, dataset.categories[y], f"{y + 1:03d}_{i:04d}.jpg") for i, y in zip(dataset.index, dataset.y)]
-    keep = [is_readable(path) for path in paths]
-    dataset.skipped = [path for path, ok in zip(paths, keep) if not ok]
-    dataset.index = [i for i, ok in zip(dataset.index, keep) if ok]
-    dataset.y = [y for y, ok in zip(dataset.y, keep) if ok]
+    reasons = [unreadable_reason(path) for path in paths]
+    dataset.skip_reasons = {path: reason for path, reason in zip(paths, reasons) if reason is not None}
+    dataset.skipped = list(dataset.skip_reasons)
+    dataset.index = [i for i, reason in zip(dataset.index, reasons) if reason is None]
+    dataset.y = [y for y, reason in zip(dataset.y, reasons) if reason is None]
     if dataset.skipped:
-        warnings.warn(f"Caltech-256: left out {len(dataset.skipped)} unreadable image file(s): {dataset.skipped[:3]}",
-                      stacklevel=3)
+        warnings.warn(f"Caltech-256: left out {len(dataset.skipped)} unreadable or unusable image file(s), reasons in "
+                      f".skip_reasons: {dataset.skipped[:3]}", stacklevel=3)
     return dataset
 
 
 def class_name(folder):
     """Readable class name from a folder name: "001.ak47" -> "ak47", "002.american-flag" -> "american flag".
 
-    The number before the first dot goes; '-' and '_' become spaces so captions read naturally; Caltech's
-    "-101" suffix (classes taken over from Caltech-101, e.g. "251.airplanes-101") is dropped.
+    Only a leading number and its dot go (Caltech's "001."), so "St. Bernard" and "Washington D.C." keep their
+    words and "1.5 litre" its number; '-' and '_' become spaces so captions read naturally; Caltech's "-101" suffix
+    (classes taken over from Caltech-101, e.g. "251.airplanes-101") is dropped. A name left empty is refused.
     """
-    name = folder.split(".", 1)[-1]
-    name = name.removesuffix("-101")
-    return name.replace("-", " ").replace("_", " ")
+    name = re.sub(r"^\d+\.(?!\d)", "", folder).removesuffix("-101")
+    name = " ".join(name.replace("-", " ").replace("_", " ").split())
+    if not name:
+        raise ValueError(f"Folder {folder!r} gives an empty class name (only a number, dots, '-' or '_'): rename it "
+                         f"to what its images show, e.g. '001.cat', so captions can name the class.")
+    return name
 
 
 def visible(folder):
@@ -134,25 +112,13 @@ def image_files(folder):
     return [f for f in visible(folder) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
 
 
+def not_images(folder):
+    """Entries of a class folder that are not read as images: other file types, sub-folders (broken links aside)."""
+    return [f for f in visible(folder) if f.exists() and not (f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)]
+
+
 def broken_links(folder):
     return [f for f in visible(folder) if f.is_symlink() and not f.exists()]
-
-
-def unreadable_reason(path):
-    """None when PIL can decode the whole file, else why not (a truncated JPEG passes Image.verify, so decode)."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (image.width // 8 + 1, image.height // 8 + 1))  # JPEG only: cheap scaled decode
-            image.load()
-        return None
-    except Image.DecompressionBombError as error:
-        return f"too large for PIL ({error}); raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
-    except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError ...)
-        return f"unreadable ({type(error).__name__}: {error})"
-
-
-def is_readable(path):
-    return unreadable_reason(path) is None
 
 
 def via_link(path):
@@ -177,14 +143,16 @@ def without_duplicates(candidates):
 class ImageFolderCaptions(Dataset):
     """Images in one folder per class, the layout of Caltech-256 and of the report: root/001.ak47/*.jpg.
 
-    Class names come from folder names via class_name(): the number before the first dot is dropped and
+    Class names come from folder names via class_name(): a leading number and its dot are dropped and
     '-' / '_' become spaces ("002.american-flag" -> "american flag"), so `.classes` can go straight into
-    caption templates. Labels follow the sorted class folders, as torchvision's do: a folder without usable
+    caption templates; folders whose names CLIP's tokenizer reads alike ("cat", "Cat") are refused. Labels follow the sorted class folders, as torchvision's do: a folder without usable
     images stays a class (with a warning), so the same folders always give the same labels. Hidden files and
     folders are ignored. Every file is decoded once here, so unreadable ones are left out now and indices never
-    shift later. Left out, each with its reason: unreadable or too large images, broken links, images loose
-    in the root, and second copies of a file reached through a link. Their paths are in `.skipped`, their
-    reasons in `.skip_reasons` ({path: reason}), all summarised in one warning. Images come out RGB.
+    shift later. Left out, each with its reason: unreadable or too large images, images of an extreme aspect
+    ratio (images.shape_reason), files of other types (.heic, .svg, notes.txt) and sub-folders in a class
+    folder, broken links, images loose in the root, and second copies of a file reached through a link. Their paths are in `.skipped`, their
+    reasons in `.skip_reasons` ({path: reason}), all summarised in one warning. Images come out upright
+    (EXIF orientation applied) and RGB (images.to_rgb).
     """
 
     def __init__(self, root, transform=None):
@@ -194,8 +162,10 @@ class ImageFolderCaptions(Dataset):
         folders = [d for d in visible(root) if d.is_dir()]
         self.root, self.transform = root, transform
         self.classes = [class_name(d.name) for d in folders]
+        refuse_same_captions(root, [d.name for d in folders], self.classes)
         reasons = {str(f): "broken link" for d in [root, *folders] for f in broken_links(d)}
         reasons.update({str(f): "not in a class folder" for f in image_files(root)})
+        reasons.update({str(f): not_an_image_reason(f) for d in folders for f in not_images(d)})
         candidates, duplicates = without_duplicates([(f, label) for label, d in enumerate(folders)
                                                      for f in image_files(d)])
         reasons.update(duplicates)
@@ -234,16 +204,21 @@ def warn_skipped(root, reasons):
 
 
 def warn_about_classes(root, folders, classes, targets):
-    """A warning for class folders without images, and one for folders that give the same class name."""
+    """A warning for class folders without images: they stay classes, so labels follow the folders."""
     empty = [folders[label].name for label in sorted(set(range(len(folders))) - set(targets))]
     if empty:
         warnings.warn(f"Class folder(s) {empty} under {root} hold no usable image: they stay classes (labels "
                       f"follow the folders) but no item has their label", stacklevel=3)
-    repeated = {name: [d.name for d, c in zip(folders, classes) if c == name]
-                for name, count in Counter(classes).items() if count > 1}
-    if repeated:
-        warnings.warn(f"Folders give repeated class names {repeated}: their captions are identical, so zero-shot "
-                      f"refuses them and training cannot tell them apart. Rename or merge those folders.", stacklevel=3)
+
+
+def refuse_same_captions(root, folder_names, classes):
+    """A ValueError naming the folders whose class names CLIP's tokenizer reads as the same words ("cat", "Cat",
+    "cat_"): their captions, hence their classifier rows, would be identical and only one could be predicted."""
+    groups = {classes[group[0]]: [folder_names[i] for i in group] for group in same_captions(classes)}
+    if groups:
+        raise ValueError(f"Folders under {root} give class names CLIP reads as the same words {groups} (its tokenizer "
+                         f"ignores case, spaces and '_'/'-'): their captions are identical, so zero-shot could never "
+                         f"tell them apart. Rename or merge those folders.")
 
 
 def targets_of(dataset) -> list[int]:

@@ -9,7 +9,6 @@ finite, checksum) is recomputed with a warning; files are written atomically.
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, Sequentia
 from tqdm.auto import tqdm
 
 from .device import autocast, autocast_dtype
+from .files import remove_abandoned_temporaries, write_atomically
 from .shapes import ShapesDataset
 from .text import encode_texts
 
@@ -155,18 +155,17 @@ def load_cached(path: Path, key: str, count: int, dim: int):
 
 
 def save_cache(path: Path, key: str, image_features: torch.Tensor, labels: torch.Tensor) -> None:
-    """Write the cache atomically; a failure to write warns and leaves no partial file (the features are kept)."""
-    temporary = None
+    """Write the cache atomically; a failure to write warns and leaves no partial file (the features are kept).
+
+    Temporary files left in the folder by earlier writes that were killed are removed first
+    (files.remove_abandoned_temporaries: only the kit's own, only abandoned ones)."""
+    cache = {"key": key, "image_features": image_features, "labels": labels,
+             "checksum": checksum(image_features, labels)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(handle)
-        torch.save({"key": key, "image_features": image_features, "labels": labels,
-                    "checksum": checksum(image_features, labels)}, temporary)
-        os.replace(temporary, path)
+        remove_abandoned_temporaries(path.parent)
+        write_atomically(path, lambda file: torch.save(cache, file))
     except OSError as error:
-        if temporary is not None and os.path.exists(temporary):
-            os.remove(temporary)
         warnings.warn(f"Could not write the feature cache {path} ({error}); the features are returned uncached.",
                       stacklevel=3)
 

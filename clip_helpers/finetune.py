@@ -20,13 +20,16 @@ from .checkpoints import RunFolderError
 from .interrupts import exit_status, sigterm_raises, stopped
 from .recipes import default_run, fine_tune_on
 from .settings import SettingsError, at_least, fine_tune_problems, positive_float
-from .sources import SOURCES
+from .sources import KIT_PREFIX, SOURCES, registry_name
 
 
 def source_or_folder(text: str) -> str:
     """An argparse type: a registry source name, or an existing folder with one sub-folder per class."""
-    if text in SOURCES or Path(text).is_dir():
-        return text
+    try:
+        if registry_name(text) is not None or Path(text).is_dir():
+            return text
+    except ValueError as error:  # a name that is both: argparse shows an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(error)) from None
     raise argparse.ArgumentTypeError(f"{text!r} is neither one of {SOURCES} nor a folder (one sub-folder per class)")
 
 
@@ -34,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clip_helpers.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ViT-B/32", help="a clip model name, 'mini', or a checkpoint file")
     parser.add_argument("--dataset", default="caltech256", type=source_or_folder,
-                        help=f"one of {', '.join(SOURCES)}, or a folder with one sub-folder of images per class")
+                        help=f"one of {', '.join(SOURCES)} ({KIT_PREFIX}NAME if a folder here has that name), or "
+                             f"a folder with one sub-folder of images per class")
     parser.add_argument("--epochs", type=at_least(1), default=5)
     parser.add_argument("--batch-size", type=at_least(2), default=32,
                         help="the global batch, at least 2 (one pair has no negatives); split over torchrun's processes")

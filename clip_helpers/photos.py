@@ -8,6 +8,8 @@ from pathlib import Path
 import skimage
 from PIL import Image
 
+from .files import write_atomically
+
 # skimage.data name -> (short class name, used as the folder name; the photo's description)
 PHOTOS = {
     "page": ("page", "a page of text about segmentation"),
@@ -28,15 +30,47 @@ def photo(name: str) -> Image.Image:
         return image.convert("RGB")
 
 
+# A hidden file (so no class): write_photos made this folder, and may add its photos to it.
+MARKER = ".written-by-clip-kit"
+
+
 def write_photos(data_dir="data") -> Path:
-    """The eight photos as an ImageFolderCaptions folder, <data_dir>/photos/001.page/page.png ...; returns the folder."""
+    """The eight photos as an ImageFolderCaptions folder, <data_dir>/photos/001.page/page.png ...; returns the folder.
+
+    A <data_dir>/photos that write_photos did not make (your own photos) is refused, never added to.
+    """
     root = Path(data_dir) / "photos"
-    for number, (name, (class_name, _)) in enumerate(PHOTOS.items(), start=1):
-        path = root / f"{number:03d}.{class_name}" / f"{name}.png"
+    refuse_a_folder_not_ours(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).touch()
+    for name, path in layout(root).items():
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            photo(name).save(path)
+            path.parent.mkdir(exist_ok=True)
+            write_atomically(path, lambda file, name=name: photo(name).save(file, format="PNG"))
     return root
+
+
+def layout(root: Path) -> dict:
+    """{photo name: the path of its file} for the eight photos under `root`, e.g. root/002.cat/chelsea.png."""
+    return {name: root / f"{number:03d}.{class_name}" / f"{name}.png"
+            for number, (name, (class_name, _)) in enumerate(PHOTOS.items(), start=1)}
+
+
+def refuse_a_folder_not_ours(root: Path) -> None:
+    """A FileExistsError when `root` exists and was not made by write_photos: it has no marker and does not hold
+    (some of) the photos and nothing else, as a folder an earlier version of the kit wrote does."""
+    if not root.exists() or (root / MARKER).is_file():
+        return
+    expected = {path.relative_to(root) for path in layout(root).values()}
+    expected |= {path.parent for path in expected}
+    found = {path.relative_to(root) for path in root.rglob("*")} if root.is_dir() else set()
+    found = {path for path in found if not any(part.startswith(".") for part in path.parts)}  # as ImageFolderCaptions
+    if not found or found - expected:
+        others = sorted(str(path) for path in found - expected)[:3]
+        raise FileExistsError(f"{root} exists and holds what write_photos did not write ({others or 'nothing yet'}): it is "
+                              f"not the kit's photos folder, so nothing is added to it. To use your photos, give that "
+                              f"folder's path as the source ({root}); for scikit-image's photos, choose another "
+                              f"data folder (data_dir / --data-dir).")
 
 
 def photo_descriptions(names=tuple(PHOTOS)) -> list[str]:

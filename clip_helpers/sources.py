@@ -2,8 +2,10 @@
 
 Sources: "shapes" (clip_helpers.shapes, no download), "cifar10", "caltech256", "photos" (scikit-image's eight
 photos, no download), or the path of a folder with one sub-folder of images per class (data.ImageFolderCaptions):
-a teacher can run the course on their own photos that way.
+a teacher can run the course on their own photos that way. A name that is both (a folder "photos" where you run)
+is refused: write "./photos" for the folder, "kit:photos" for the kit's source (KIT_PREFIX).
 """
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +19,7 @@ from .shapes import SHAPES_TEMPLATES, ShapesDataset
 from .text import CIFAR10_TEMPLATES
 
 SOURCES = ("shapes", "cifar10", "caltech256", "photos")
+KIT_PREFIX = "kit:"  # "kit:photos" is always the kit's source, even beside a folder named "photos"
 SHAPES_PER_CLASS = 100  # images drawn per shapes class when n_per_class is None (shapes are drawn, not stored)
 
 
@@ -43,21 +46,23 @@ def open_source(source: str, split: str = "train", *, n_per_class: int | None = 
     never trained on) and "all", and its "test" is the seen pairs drawn with your seed. A pool (Caltech-256, the
     photos, a folder) has no split: every split is the whole pool.
     """
-    if source == "shapes":
+    name = registry_name(source)
+    if name == "shapes":
         if split not in ("train", "test", "held_out", "all"):
             raise ValueError(f'split of "shapes" must be "train", "test", "held_out" or "all", not {split!r}')
         dataset = ShapesDataset({"test": "train", "held_out": "heldout"}.get(split, split),
                                 n_per_class=n_per_class or SHAPES_PER_CLASS, seed=seed, transform=transform)
         return Source(dataset, list(dataset.classes), SHAPES_TEMPLATES, SHAPES_TEMPLATES, has_test_split=False)
-    if source == "cifar10":
+    if name == "cifar10":
         if split not in ("train", "test"):
             raise ValueError(f'split of "cifar10" must be "train" or "test", not {split!r}')
         dataset, has_test_split = cifar10(root=data_dir, train=(split == "train"), transform=transform), True
     elif split not in ("train", "test", "all"):
-        raise ValueError(f'{source!r} is one pool of images: split must be "train", "test" or "all", not {split!r}')
-    elif source == "caltech256":
+        raise ValueError(f'{name or source!r} is one pool of images: split must be "train", "test" or "all", '
+                         f'not {split!r}')
+    elif name == "caltech256":
         dataset, has_test_split = caltech256(root=data_dir, transform=transform), False
-    elif source == "photos":
+    elif name == "photos":
         dataset, has_test_split = ImageFolderCaptions(write_photos(data_dir), transform=transform), False
     elif Path(source).is_dir():
         dataset, has_test_split = ImageFolderCaptions(source, transform=transform), False
@@ -68,9 +73,28 @@ def open_source(source: str, split: str = "train", *, n_per_class: int | None = 
     return Source(dataset, classes_of(dataset), CIFAR10_TEMPLATES, ["{}"], has_test_split)
 
 
+def registry_name(source: str) -> str | None:
+    """The registry source `source` names ("photos" or "kit:photos" -> "photos"), or None for a folder's path.
+
+    A path that exists is that folder; a bare registry name that is also a folder or file where you run is refused,
+    as either reading could be meant.
+    """
+    if isinstance(source, os.PathLike):  # a Path is a folder, whatever its name
+        return None
+    if source.startswith(KIT_PREFIX) and source[len(KIT_PREFIX):] in SOURCES:
+        return source[len(KIT_PREFIX):]
+    if source not in SOURCES:
+        return None
+    if Path(source).exists():
+        raise ValueError(f"{source!r} is both one of the kit's sources and a folder here ({Path(source).resolve()}). "
+                         f"Write ./{source} (or its full path) for your folder, or {KIT_PREFIX}{source} for the kit's "
+                         f"source.")
+    return source
+
+
 def source_name(source: str) -> str:
-    """A short name for tables and titles: the source itself, or a folder's own name."""
-    return source if source in SOURCES else Path(source).name
+    """A short name for tables and titles: the registry source, or a folder's own name."""
+    return registry_name(source) or Path(source).name
 
 
 class TestSets(NamedTuple):
@@ -82,7 +106,7 @@ class TestSets(NamedTuple):
 def zero_shot_test_sets(source: str, n_per_class: int, *, data_dir="data", transform=None, seed: int = 0) -> TestSets:
     """(datasets, class_names, templates): for shapes the seen and the held-out pairs, each labelled among all
     36 classes; for any other source its test images."""
-    if source == "shapes":
+    if registry_name(source) == "shapes":
         opened = {name: open_source(source, split, n_per_class=n_per_class, transform=transform, seed=seed)
                   for name, split in (("seen pairs", "test"), ("held-out pairs", "held_out"))}
     else:

@@ -54,6 +54,23 @@ def list_of_strings(values, name: str = "texts") -> list[str]:
     return values
 
 
+def same_captions(class_names: list[str], templates=("{}",)) -> list[list[int]]:
+    """Groups (of two or more indices) of class names whose captions CLIP's tokenizer cannot tell apart.
+
+    The tokenizer lowercases, drops spaces and splits off punctuation, so "cat", "Cat" and "cat " give the same
+    token ids, hence identical text features and identical classifier rows. Names are compared by the token ids
+    of every filled template (as the model reads them, up to clip's 77-token context), not as strings.
+    """
+    if not class_names:
+        return []
+    texts = [fill(template, name) for name in class_names for template in templates]
+    tokens = clip.tokenize(texts, truncate=True).reshape(len(class_names), -1)
+    groups = {}
+    for index, row in enumerate(tokens):
+        groups.setdefault(tuple(row.tolist()), []).append(index)
+    return [group for group in groups.values() if len(group) > 1]
+
+
 def tokenize(model, texts: list[str]) -> torch.Tensor:
     """BPE token ids padded to the model's context length, as `model.encode_text` expects them."""
     return clip.tokenize(list_of_strings(texts), context_length=model.context_length)

@@ -1,6 +1,4 @@
 """Zero-shot classification: class prompts become a linear classifier over image features."""
-from collections import Counter
-
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, top_k_accuracy_score
@@ -8,17 +6,12 @@ from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, top_
 from .features import encode_images
 from .quantize import int8_image_tower
 from .similarity import normalize
-from .text import encode_texts, fill, list_of_strings
+from .text import encode_texts, fill, list_of_strings, same_captions
 
 
 def check_classes_and_templates(class_names, templates) -> tuple[list[str], list[str]]:
     """The two lists, or an error for what would give identical classifier rows (a class never predicted)."""
     class_names, templates = list_of_strings(class_names, "class_names"), list_of_strings(templates, "templates")
-    counts = Counter(class_names)
-    duplicates = [name for name, count in counts.items() if count > 1]
-    if duplicates:
-        raise ValueError(f"class_names repeats {duplicates}: repeated names get identical classifier rows, and only "
-                         f"the first of each can ever be predicted. Rename or merge those classes.")
     for template in templates:
         try:
             same = template.format("cat") == template.format("dog")
@@ -28,6 +21,11 @@ def check_classes_and_templates(class_names, templates) -> tuple[list[str], list
         if same:
             raise ValueError(f"template {template!r} has no {{}} for the class name, so it gives every class the "
                              f"same text; write e.g. 'a photo of a {{}}.'")
+    duplicates = [list(dict.fromkeys(class_names[i] for i in group)) for group in same_captions(class_names, templates)]
+    if duplicates:
+        raise ValueError(f"class_names repeats {', '.join(map(str, duplicates))} as CLIP's tokenizer reads them (it "
+                         f"ignores case and spaces): repeated names get identical classifier rows, and only the first "
+                         f"of each can ever be predicted. Rename or merge those classes.")
     return class_names, templates
 
 

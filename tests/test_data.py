@@ -80,9 +80,13 @@ def test_class_name(name, expected):
 def test_unreadable_files_are_skipped_with_one_warning(folder):
     dataset, messages = load(folder)
     bat = folder / "002.baseball-bat"
-    assert dataset.skipped == [str(bat / "002_0004.jpg"), str(bat / "002_0005.jpg")]
+    unreadable = [str(bat / "002_0004.jpg"), str(bat / "002_0005.jpg")]
+    other_files = [str(bat / "notes.txt"), str(folder / "004.empty" / "readme.txt")]  # listed too, with their reason
+    assert dataset.skipped == sorted(unreadable + other_files)
+    assert all(dataset.skip_reasons[path].startswith("not an image type") for path in other_files)
     skipped_warnings = [m for m in messages if "skipped" in m]
-    assert len(skipped_warnings) == 1 and "2 " in skipped_warnings[0] and ".skipped" in skipped_warnings[0]
+    assert len(skipped_warnings) == 1 and ".skipped" in skipped_warnings[0]
+    assert "2 unreadable" in skipped_warnings[0] and "2 not an image type" in skipped_warnings[0]
     assert len(dataset) == 4 + 3 + 30 + 5 == len(dataset.targets)
     assert not any(path in dict(dataset.samples) for path in dataset.skipped)
     assert "notes.txt" not in str(dataset.samples) and ".ipynb_checkpoints" not in str(dataset.samples)
@@ -135,7 +139,7 @@ def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="001.ak47"):
         ImageFolderCaptions(tmp_path)
     (tmp_path / "001.ak47" / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(ValueError, match="could be read"), pytest.warns(UserWarning, match="skipped 1"):
+    with pytest.raises(ValueError, match="could be read"), pytest.warns(UserWarning, match="skipped 2"):
         ImageFolderCaptions(tmp_path)
 
 
@@ -267,7 +271,7 @@ def test_cifar10_from_disk_needs_no_network(tmp_path, no_network, monkeypatch):
 
 # ---------------------------------------------------------------- issue 10, findings 2, 3 and 15
 
-from clip_helpers.data import to_rgb  # noqa: E402
+from clip_helpers.images import to_rgb  # noqa: E402
 
 
 def test_16_bit_grayscale_is_scaled_not_clipped_to_white(tmp_path):
@@ -324,10 +328,9 @@ def test_every_file_left_out_is_counted_with_its_reason(messy):
     assert "000.alias" in empty and "004.empty" in empty
 
 
-def test_folders_that_give_the_same_class_name_are_named_in_a_warning(tmp_path):
+def test_folders_that_give_the_same_class_name_are_refused_by_name(tmp_path):
     for folder in ("001.good", "009.good", "010.bad"):
         (tmp_path / folder).mkdir()
         noise(0).save(tmp_path / folder / "x.png")
-    dataset, messages = load(tmp_path)
-    assert dataset.classes == ["good", "good", "bad"]
-    assert any("'good': ['001.good', '009.good']" in m for m in messages), messages
+    with pytest.raises(ValueError, match=r"'good': \['001.good', '009.good'\].*Rename or merge those folders"):
+        ImageFolderCaptions(tmp_path)

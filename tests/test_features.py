@@ -122,8 +122,7 @@ def test_a_damaged_cache_file_is_recomputed_with_a_warning(mini, tmp_path, how):
 
 def test_a_failed_write_leaves_no_partial_file_and_keeps_the_features(mini, tmp_path, monkeypatch):
     def full_disk(obj, f, *args, **kwargs):
-        with open(f, "wb") as handle:
-            handle.write(b"partial")
+        f.write(b"partial")  # the cache is written through files.write_atomically, into an open temporary file
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
     dataset = shapes()
