@@ -171,19 +171,25 @@ def parse_args(argv=None):
     parser.add_argument("--probe-train-size", type=int, default=50000,
                         help="CIFAR-10 training images for the linear probe (paper: all 50,000)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"downloads and caches (default data; with --rehearsal, {rehearsal.DEFAULT_ROOT})")
     parser.add_argument("--out-dir", default="outputs")
     parser.add_argument("--rehearsal", action="store_true",
                         help="run on the stand-ins in --data-dir (clip_helpers.rehearsal), checksums skipped; "
                              "results.md and the figures say it is a rehearsal")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.data_dir = args.data_dir or (rehearsal.DEFAULT_ROOT if args.rehearsal else "data")  # stand-ins never in data/
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     banner = None
     if args.rehearsal:
-        rehearsal.build(args.data_dir)
+        try:
+            rehearsal.build(args.data_dir)
+        except rehearsal.NotARehearsalFolder as error:
+            raise SystemExit(f"--data-dir: {error}") from None
         os.environ[SKIP_CHECKSUMS] = "1"
         banner = rehearsal.BANNER
         print(banner)
