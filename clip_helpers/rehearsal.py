@@ -241,7 +241,7 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m clip_helpers.rehearsal", description="Write the rehearsal's stand-ins.")
     parser.add_argument("--root", default=DEFAULT_ROOT,
-                        help=f"a folder of the rehearsal's own (default {DEFAULT_ROOT}); a folder it did not make is refused")
+                        help=f"a folder of the rehearsal's own (default {DEFAULT_ROOT}); one it did not make is refused")
     parser.add_argument("--sizes", choices=list(SIZES), default="rehearse")
     parser.add_argument("--fresh", action="store_true",
                         help="delete what runs computed there (features/, runs/) so the rehearsal computes it again")

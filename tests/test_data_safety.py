@@ -150,7 +150,8 @@ def test_reproduce_rehearses_in_rehearsal_data_by_default_and_refuses_data(tmp_p
     real.write_bytes(b"OpenAI's weights")
     with pytest.raises(SystemExit, match="rehearsal-data/"):
         reproduce.main(["--rehearsal", "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out")])
-    assert real.read_bytes() == b"OpenAI's weights" and sorted(p.name for p in (tmp_path / "data").iterdir()) == ["weights"]
+    assert real.read_bytes() == b"OpenAI's weights"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["weights"]
 
 
 # ---------------------------------------------------------------- make_student keeps a student's work
@@ -281,7 +282,8 @@ def test_a_notebook_that_sets_its_own_profile_fails_in_a_real_run(tmp_path, caps
     start = ('from clip_helpers import course\nlesson = course.start("{name}", profile, profile_reason=profile_reason, '
              'data_dir=data_dir, out_dir=out_dir, interactive=False)')
     write_notebook(tmp_path / "notebooks" / "01_asked.ipynb", PARAMETERS, start.format(name="01_asked"))
-    write_notebook(tmp_path / "notebooks" / "02_own.ipynb", PARAMETERS, 'profile = "smoke"', start.format(name="02_own"))
+    write_notebook(tmp_path / "notebooks" / "02_own.ipynb", PARAMETERS, 'profile = "smoke"',
+                   start.format(name="02_own"))
     status = run_notebooks.main(["--profile", "offline", "--notebooks", str(tmp_path / "notebooks"),
                                  "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), "--no-progress"])
     error = capsys.readouterr().err

@@ -167,9 +167,10 @@ def make_student(notebooks_dir: Path, out_dir: Path, force: bool = False) -> dic
     texts = {name: nbformat.writes(notebook).rstrip("\n") + "\n" for name, (notebook, _) in editions.items()}
     kept = edited(out_dir, texts)
     if kept and not force:
-        raise EditedNotebooks(f"{', '.join(kept)} in {out_dir} differ from what make_student last wrote there (a "
-                              f"student's answers?); nothing was written, every file was kept. Run it with --out "
-                              f"another folder for a fresh student edition, or with --force to replace them.")
+        raise EditedNotebooks(f"{', '.join(kept)} in {out_dir} {'differs' if len(kept) == 1 else 'differ'} from what "
+                              f"make_student last wrote there (a student's answers?); nothing was written, every "
+                              f"file was kept. Run it with --out another folder for a fresh student edition, or with "
+                              f"--force to replace them.")
     if kept:
         print(f"make_student: --force: writing over the edited {', '.join(kept)}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
