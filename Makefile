@@ -43,9 +43,10 @@ rehearse: setup
 benchmark: setup
 	$(PY) benchmarks/finetune_speed.py
 
-# The student edition: solutions between ### BEGIN/END SOLUTION replaced by stubs, outputs cleared.
+# The student edition: solutions between ### BEGIN/END SOLUTION replaced by stubs, outputs cleared. A notebook there
+# that differs from what it last wrote (a student's answers) stops it; FORCE=1 replaces it.
 student: setup
-	$(PY) tools/make_student.py --out outputs/student
+	$(PY) tools/make_student.py --out outputs/student $(if $(FORCE),--force)
 
 clean:
 	rm -rf outputs .pytest_cache rehearsal-data

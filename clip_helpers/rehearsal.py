@@ -1,6 +1,7 @@
 """The online path rehearsed without internet: stand-ins for the downloads, in the downloads' own formats.
 
-`build(root)` writes, with no network, into a folder of its own (never a user's data/):
+`build(root)` writes, with no network, into a folder of its own (`own_folder`: never data/, never a folder it did
+not make, which may hold real downloads or runs):
 - weights/ViT-B-32.pt: a randomly initialised ViT-B/32 (151,277,313 parameters) as a TorchScript archive
   with fp16 weights, the way OpenAI ships it, so clip.load reads it exactly as it reads the real file;
 - cifar-10-batches-py/: pickled data_batch_1..5, test_batch and batches.meta, keys and dtypes as torchvision reads;
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from .downloads import weights_file
+from .files import write_text_atomically
 from .models import build_random_clip
 from .shapes import COLOURS, SHAPES, draw_shape
 
@@ -134,12 +136,55 @@ def write_caltech256(root: Path, per_class: int, n_classes_with_images: int = 25
     return folder
 
 
-def build(root="rehearsal-data", sizes: str | None = None, seed: int = 0) -> Path:
+DEFAULT_ROOT = "rehearsal-data"
+# Written first into a folder the rehearsal makes (or finds empty): only a folder holding it is the rehearsal's own.
+OWNER_MARKER = "made-by-clip-kit-rehearsal.json"
+PROJECT_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+class NotARehearsalFolder(ValueError):
+    """A folder the rehearsal did not make: it may hold real downloads or runs, so nothing is written or deleted."""
+
+
+def refusal(root: Path, why: str) -> NotARehearsalFolder:
+    return NotARehearsalFolder(
+        f"The rehearsal will not use {root}: {why}. Its stand-ins would overwrite real downloads there and --fresh "
+        f"would delete real runs, so nothing was written or deleted. Use a folder of its own: the default "
+        f"{DEFAULT_ROOT}/ (--root / --data-dir {DEFAULT_ROOT}), or a new or empty folder. A rehearsal folder made "
+        f"before the rehearsal marked its folders has no {OWNER_MARKER}: delete it yourself (`make clean` removes "
+        f"{DEFAULT_ROOT}/) and run again.")
+
+
+def own_folder(root) -> Path:
+    """`root`, made the rehearsal's own if it is new or empty; NotARehearsalFolder if it is anything else.
+
+    The project's data/ (and ./data, every command's default) is refused even when empty: real downloads go there.
+    """
+    root = Path(root)
+    if root.resolve() in (PROJECT_DATA, (Path.cwd() / "data").resolve()):
+        raise refusal(root, "it is the data folder, where the real downloads and runs go")
+    if (root / OWNER_MARKER).is_file():
+        return root
+    if root.exists() and not root.is_dir():
+        raise refusal(root, "it is a file, not a folder")
+    held = sorted(path.name for path in root.iterdir()) if root.is_dir() else []
+    if held:
+        real = [name for name in held if name in ("cifar-10-batches-py", "caltech256", "weights", "runs", "features")]
+        shown = real or held
+        raise refusal(root, f"it holds {', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''} and no "
+                            f"{OWNER_MARKER}, so the rehearsal did not make it")
+    root.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(root / OWNER_MARKER, json.dumps({"made_by": "clip_helpers.rehearsal", "note": BANNER}))
+    return root
+
+
+def build(root=DEFAULT_ROOT, sizes: str | None = None, seed: int = 0) -> Path:
     """Write every stand-in under `root` once; a second call with the same sizes leaves them alone.
 
     sizes: a key of SIZES; None keeps a finished set of any sizes, else writes "rehearse".
+    `root` must be the rehearsal's own folder (own_folder): new, empty, or made by an earlier build.
     """
-    root = Path(root)
+    root = own_folder(root)
     marker = root / "stand-ins.json"
     if sizes is None and marker.is_file():
         return root
@@ -195,13 +240,17 @@ def main(argv=None) -> None:
     import shutil
 
     parser = argparse.ArgumentParser(prog="python -m clip_helpers.rehearsal", description="Write the rehearsal's stand-ins.")
-    parser.add_argument("--root", default="rehearsal-data")
+    parser.add_argument("--root", default=DEFAULT_ROOT,
+                        help=f"a folder of the rehearsal's own (default {DEFAULT_ROOT}); one it did not make is refused")
     parser.add_argument("--sizes", choices=list(SIZES), default="rehearse")
     parser.add_argument("--fresh", action="store_true",
                         help="delete what runs computed there (features/, runs/) so the rehearsal computes it again")
     args = parser.parse_args(argv)
-    root = build(args.root, args.sizes)
-    if args.fresh:
+    try:
+        root = build(args.root, args.sizes)
+    except NotARehearsalFolder as error:
+        parser.exit(2, f"{parser.prog}: {error}\n")
+    if args.fresh:  # build() has made sure root is the rehearsal's own: what is in it came from rehearsals
         for cache in ("features", "runs"):
             shutil.rmtree(root / cache, ignore_errors=True)
     print(f"stand-ins ready in {root}/")

@@ -178,7 +178,8 @@ def parse_args(argv=None):
     parser.add_argument("--probe-train-size", type=at_least(20), default=50000,
                         help="CIFAR-10 training images for the linear probe, at least 20 (paper: all 50,000)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"downloads and caches (default data; with --rehearsal, {rehearsal.DEFAULT_ROOT})")
     parser.add_argument("--out-dir", default="outputs")
     parser.add_argument("--rehearsal", action="store_true",
                         help="run on the stand-ins in --data-dir (clip_helpers.rehearsal), checksums skipped; "
@@ -188,6 +189,7 @@ def parse_args(argv=None):
                                   val_size=args.val_size)
     if problems:  # fine_tune_on's own checks, made now: it runs last, after the slow steps
         parser.error("; ".join(problems))
+    args.data_dir = args.data_dir or (rehearsal.DEFAULT_ROOT if args.rehearsal else "data")  # stand-ins never in data/
     return args
 
 
@@ -202,7 +204,10 @@ def main(argv=None):
     args = parse_args(argv)
     banner = None
     if args.rehearsal:
-        rehearsal.build(args.data_dir)
+        try:
+            rehearsal.build(args.data_dir)
+        except rehearsal.NotARehearsalFolder as error:
+            raise SystemExit(f"--data-dir: {error}") from None
         os.environ[SKIP_CHECKSUMS] = "1"
         banner = rehearsal.BANNER
         print(banner)

@@ -93,8 +93,10 @@ def write_notebook(path, *sources):
 def test_run_notebooks_summarises_and_names_the_failing_notebook_and_cell(tmp_path, capsys):
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    parameters = 'profile = "auto"\nout_dir = "outputs"\ndata_dir = "data"'
-    write_notebook(folder / "01_ok.ipynb", parameters,
+    parameters = 'profile = "auto"\nprofile_reason = ""\nout_dir = "outputs"\ndata_dir = "data"'
+    start = ("from clip_helpers import course\nlesson = course.start('01_ok', profile, profile_reason=profile_reason, "
+             "data_dir=data_dir, out_dir=out_dir, interactive=False)")  # the runner checks the profile it prints
+    write_notebook(folder / "01_ok.ipynb", parameters, start,
                    "import json, pathlib\nmetrics = pathlib.Path(out_dir) / 'metrics'\nmetrics.mkdir(parents=True)\n"
                    "(metrics / '01_ok.json').write_text(json.dumps({'key': 'answer', 'value': 42}))")
     write_notebook(folder / "02_bad.ipynb", parameters, "x = 1", "raise ValueError('broken on purpose')")

@@ -8,17 +8,24 @@ cell the lines from `### BEGIN SOLUTION` to `### END SOLUTION` become, at the ma
 the same two lines delimit a written answer, which becomes a placeholder. As in nbgrader, a cell marked as a
 solution in its nbgrader metadata but without markers is replaced whole. Outputs and execution counts are
 cleared. Unbalanced, nested or misspelt markers stop everything before any file is written.
+
+A notebook in --out that differs from what make_student last wrote there (a student's answers) is never written
+over: it stops everything before any file is written, naming the notebooks, unless --force.
 """
 import argparse
-import os
+import hashlib
+import json
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from clip_helpers.files import sha256_of, write_text_atomically  # noqa: E402  (after the project is on the path)
+
+RECORD = ".make_student.json"  # beside the notebooks: the sha256 of each one as make_student last wrote it
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 TEXT_STUB = ("YOUR ANSWER HERE. *(Write your answer in this cell. Once you have tried, `reveal(\"{number}\")` from "
              "`clip_helpers.checks` shows a model answer.)*")
@@ -27,6 +34,10 @@ CHECK_CALL = re.compile(r"\b(check_\w+)\s*\(([^()]*)\)")
 
 class MarkerError(ValueError):
     """The solution markers of a cell do not pair up; the message names the notebook and the cell."""
+
+
+class EditedNotebooks(ValueError):
+    """Notebooks in the output folder differ from what make_student wrote there: the message names them."""
 
 
 def marker_of(line: str) -> str | None:
@@ -120,19 +131,31 @@ def student_notebook(notebook, name: str) -> tuple:
     return notebook, stubbed
 
 
-def write_atomically(notebook, path: Path):
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            nbformat.write(notebook, file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def make_student(notebooks_dir: Path, out_dir: Path) -> dict:
-    """{notebook file name: exercises stubbed}; every notebook is converted before any is written."""
+def written_before(out_dir: Path) -> dict:
+    """{notebook file name: sha256 of what make_student last wrote there}, from RECORD beside the notebooks."""
+    record = out_dir / RECORD
+    return json.loads(record.read_text())["sha256"] if record.is_file() else {}
+
+
+def edited(out_dir: Path, texts: dict) -> list:
+    """The names whose file in out_dir differs from what make_student last wrote there (a student's work, or a
+    file it never wrote) and from what it would write now: writing over them would lose something."""
+    before = written_before(out_dir)
+    found = [name for name in texts if (out_dir / name).is_file()]
+    return [name for name in found
+            if sha256_of(out_dir / name) not in (before.get(name), sha256_text(texts[name]))]
+
+
+def make_student(notebooks_dir: Path, out_dir: Path, force: bool = False) -> dict:
+    """{notebook file name: exercises stubbed}; every notebook is converted before any is written.
+
+    A notebook in out_dir that differs from what make_student last wrote there (RECORD keeps its sha256) is never
+    replaced: EditedNotebooks names them and nothing is written, unless force.
+    """
     notebooks_dir, out_dir = Path(notebooks_dir).resolve(), Path(out_dir).resolve()
     if out_dir == notebooks_dir:
         raise ValueError(f"--out {out_dir} is the instructor's notebooks folder; writing there would delete the "
@@ -141,9 +164,22 @@ def make_student(notebooks_dir: Path, out_dir: Path) -> dict:
     if not paths:
         raise FileNotFoundError(f"No NN_*.ipynb notebooks in {notebooks_dir}.")
     editions = {path.name: student_notebook(nbformat.read(path, as_version=4), path.name) for path in paths}
+    texts = {name: nbformat.writes(notebook).rstrip("\n") + "\n" for name, (notebook, _) in editions.items()}
+    kept = edited(out_dir, texts)
+    if kept and not force:
+        raise EditedNotebooks(f"{', '.join(kept)} in {out_dir} {'differs' if len(kept) == 1 else 'differ'} from what "
+                              f"make_student last wrote there (a student's answers?); nothing was written, every "
+                              f"file was kept. Run it with --out another folder for a fresh student edition, or with "
+                              f"--force to replace them.")
+    if kept:
+        print(f"make_student: --force: writing over the edited {', '.join(kept)}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, (notebook, _) in editions.items():
-        write_atomically(notebook, out_dir / name)
+    record = written_before(out_dir)
+    for name, text in texts.items():
+        write_text_atomically(out_dir / name, text)
+        record[name] = sha256_text(text)
+        write_text_atomically(out_dir / RECORD, json.dumps({"written_by": "tools/make_student.py", "sha256": record},
+                                                           indent=1))
     return {name: stubbed for name, (_, stubbed) in editions.items()}
 
 
@@ -151,15 +187,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notebooks", default=str(ROOT / "notebooks"), help="the instructor edition (NN_*.ipynb)")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "student"), help="where the student edition goes")
+    parser.add_argument("--force", action="store_true",
+                        help="replace notebooks there that differ from what make_student last wrote (edited ones)")
     args = parser.parse_args(argv)
     try:
-        counts = make_student(Path(args.notebooks), Path(args.out))
+        counts = make_student(Path(args.notebooks), Path(args.out), force=args.force)
     except (MarkerError, ValueError, FileNotFoundError) as error:
         print(f"make_student: {error}", file=sys.stderr)
         return 1
     for name, stubbed in counts.items():
-        print(f"{name}: {stubbed} solution{'s' if stubbed != 1 else ''} replaced")
-    print(f"Student edition of {len(counts)} notebooks in {Path(args.out).resolve()}")
+        print(f"{name}: written, {stubbed} solution{'s' if stubbed != 1 else ''} replaced by stubs")
+    print(f"Student edition of {len(counts)} notebooks written in {Path(args.out).resolve()}")
     return 0
 
 

@@ -1,10 +1,13 @@
 """Run every notebooks/NN_*.ipynb top to bottom with papermill and print a one-screen summary.
 
     python tools/run_notebooks.py --profile offline [--only 03 --only 06] [--out outputs] [--data-dir data]
-    python tools/run_notebooks.py --rehearsal --profile full:train_per_class=1,val_per_class=1 --data-dir rehearsal-data --out outputs/rehearsal/full
+    python tools/run_notebooks.py --rehearsal --profile full:train_per_class=1,val_per_class=1 --out outputs/rehearsal/full
 
 Executed copies go to <out>/notebooks/, figures to <out>/figures/, each notebook's key number to
-<out>/metrics/NN_name.json. Exits non-zero if any notebook fails, naming it and the failing cell.
+<out>/metrics/NN_name.json. Exits non-zero if any notebook fails, naming it and the failing cell, or if it did
+not run the profile asked for (what its first cell printed). A notebook without a cell tagged `parameters` is not
+run, nor is any notebook when --out is or holds the source notebooks. --rehearsal reads its stand-ins from
+rehearsal-data/ (or a --data-dir of the rehearsal's own), never from data/.
 """
 import argparse
 import json
@@ -99,8 +102,67 @@ def first_file_on(path):
     return next((str(part) for part in [path, *path.parents] if part.exists() and not part.is_dir()), None)
 
 
-def main(argv=None):
-    from clip_helpers.profiles import PROFILES, get_profile
+def output_problem(out_dir, notebooks_dir):
+    """Why `out_dir` cannot take the executed copies (<out>/notebooks/), or None: it must not be, or hold, the
+    source notebooks' folder, whose notebooks the copies would overwrite."""
+    out_dir, notebooks_dir = Path(out_dir).resolve(), Path(notebooks_dir).resolve()
+    if notebooks_dir in (out_dir, (out_dir / "notebooks").resolve()) or notebooks_dir.is_relative_to(out_dir):
+        return (f"{out_dir} is or holds the source notebooks' folder {notebooks_dir}; the executed copies (in "
+                f"<out>/notebooks/) could overwrite the notebooks. Choose an output folder outside it (the default "
+                f"is outputs)")
+    return None
+
+
+def parameters_problem(path):
+    """Why the notebook at `path` cannot be given its parameters, or None. Without a cell tagged `parameters`
+    papermill puts the values above the notebook's own, which then win: it would run with its own profile."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", [])]
+    if len(tagged) == 1 and cells[tagged[0]].cell_type == "code":
+        return None
+    found = "no cell" if not tagged else f"{len(tagged)} cells ({', '.join(str(i + 1) for i in tagged)})"
+    return (f"{path.name} has {found} tagged 'parameters' where it needs one code cell, so it would run with its "
+            f"own values, not the profile asked for. Tag the code cell that sets profile, data_dir and out_dir "
+            f"(Jupyter: View > Cell toolbar > Tags)")
+
+
+def printed_text(path):
+    """Everything the executed notebook at `path` printed to stdout, cell by cell."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    return "\n".join("".join(output.get("text", "") for output in cell.get("outputs", [])
+                             if output.get("output_type") == "stream" and output.get("name") == "stdout")
+                     for cell in cells if cell.cell_type == "code")
+
+
+def profile_problem(executed, profile, reason):
+    """Why the executed notebook did not run `profile` as asked (reason: the one given to it), or None. It is
+    read from the paragraph course.start prints (profiles.describe): the profile's name, then its meaning."""
+    import re
+
+    from clip_helpers.profiles import describe
+
+    printed = printed_text(executed)
+    names = re.findall(r"^Profile: (\S+) \(", printed, flags=re.MULTILINE)
+    if not names:
+        return ("it printed no 'Profile: ...' line (course.start prints one), so which profile it ran is unknown; "
+                "start it with course.start(..., profile, profile_reason=profile_reason, ...)")
+    if set(names) != {profile.name}:
+        return (f"it ran profile {' and '.join(sorted(set(names)))}, not {profile.name} as asked: does a later cell "
+                f"set profile again, or does course.start not get the parameters cell's profile?")
+    if describe(profile, reason) not in printed:
+        return (f"it printed profile {profile.name} with other sizes or another reason than asked; expected "
+                f"{describe(profile, reason)!r}")
+    return None
+
+
+def parsed_args(argv):
+    """The command line, checked before any notebook runs."""
+    from clip_helpers.profiles import PROFILES
+    from clip_helpers.rehearsal import DEFAULT_ROOT
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="auto",
@@ -108,13 +170,15 @@ def main(argv=None):
     parser.add_argument("--only", action="append", default=[],
                         help="run only notebooks starting with this (repeatable)")
     parser.add_argument("--out", default="outputs", help="output folder (default outputs)")
-    parser.add_argument("--data-dir", default="data", help="downloads and caches (default data)")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"downloads and caches (default data; with --rehearsal, {DEFAULT_ROOT})")
     parser.add_argument("--notebooks", default=str(ROOT / "notebooks"), help="folder of NN_*.ipynb")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     parser.add_argument("--rehearsal", action="store_true",
                         help="run on the stand-ins in --data-dir (clip_helpers.rehearsal; built there if missing), "
                              "checksums skipped; every output says it is a rehearsal")
     args = parser.parse_args(argv)
+    args.data_dir = args.data_dir or (DEFAULT_ROOT if args.rehearsal else "data")  # stand-ins never go in data/
     if args.profile.partition(":")[0] not in ("auto", *PROFILES):
         parser.error(f"argument --profile: invalid choice: {args.profile!r} (choose from auto, {', '.join(PROFILES)}, "
                      f"optionally with sizes, e.g. full:test_per_class=30)")
@@ -122,14 +186,30 @@ def main(argv=None):
         not_a_folder = first_file_on(Path(getattr(args, name)))
         if not_a_folder:
             parser.error(f"argument --{name.replace('_', '-')}: {not_a_folder} is a file, not a folder")
+    if output_problem(args.out, args.notebooks):
+        parser.error(f"argument --out: {output_problem(args.out, args.notebooks)}")
+    args.paths = notebooks(args.notebooks, args.only)
+    if not args.paths:
+        parser.error(f"no notebooks matching {args.only or 'NN_*.ipynb'} in {args.notebooks}")
+    problems = list(filter(None, map(parameters_problem, args.paths)))
+    if problems:
+        parser.error("not run, nothing was: " + "; ".join(problems))
+    return parser, args
 
+
+def main(argv=None):
     from clip_helpers import downloads, rehearsal
+    from clip_helpers.profiles import get_profile
 
+    parser, args = parsed_args(argv)
     use_this_python_kernel()
     out_dir, data_dir = Path(args.out).resolve(), Path(args.data_dir).resolve()
     banner = None
     if args.rehearsal:
-        rehearsal.build(data_dir)
+        try:
+            rehearsal.build(data_dir)
+        except rehearsal.NotARehearsalFolder as error:
+            parser.error(f"argument --data-dir: {error}")
         os.environ[downloads.SKIP_CHECKSUMS] = "1"  # the kernels papermill starts inherit it
         banner = rehearsal.BANNER
     try:
@@ -139,16 +219,22 @@ def main(argv=None):
     if banner:
         reason = f"{banner} {reason}"
     print(f"Profile {profile.name}: {reason}.", flush=True)
-    paths = notebooks(args.notebooks, args.only)
-    if not paths:
-        parser.error(f"no notebooks matching {args.only or 'NN_*.ipynb'} in {args.notebooks}")
     sizes = args.profile.partition(":")[2]  # "full:test_per_class=30" reaches every notebook; "auto" as what it chose
-    parameters = dict(profile=f"{profile.name}:{sizes}" if sizes else profile.name, profile_reason=reason, data_dir=str(data_dir), out_dir=str(out_dir),
-                      interactive=False)
+    parameters = dict(profile=f"{profile.name}:{sizes}" if sizes else profile.name, profile_reason=reason,
+                      data_dir=str(data_dir), out_dir=str(out_dir), interactive=False)
+    return run_all(args.paths, out_dir, parameters, profile, not args.no_progress, banner)
+
+
+def run_all(paths, out_dir, parameters, profile, progress, banner):
+    """Run each notebook, check it ran `profile`, print the summary; the exit status (1 if any failed)."""
+    from clip_helpers import rehearsal
+
     rows, failures, start = [], [], time.time()
     for i, path in enumerate(paths, start=1):
         print(f"[{i}/{len(paths)}] {path.name} ...", flush=True)
-        seconds, failure = run_one(path, out_dir, parameters, progress=not args.no_progress, banner=banner)
+        seconds, failure = run_one(path, out_dir, parameters, progress=progress, banner=banner)
+        if not failure:
+            failure = profile_problem(out_dir / "notebooks" / path.name, profile, parameters["profile_reason"])
         print(f"[{i}/{len(paths)}] {path.name} {'FAILED' if failure else 'done'} in {seconds:.0f} s", flush=True)
         if failure:
             failures.append(f"{path.name}: {failure}")
