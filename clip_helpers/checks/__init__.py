@@ -1,6 +1,6 @@
 """The exercises' checks: check_<name>(your_function) compares it with the kit's reference and explains a mistake.
 
-A check prints one "Correct" line and returns True, or raises ExerciseFailed with what to fix; it never shows
+A check prints one "Correct" line and returns None, or raises ExerciseFailed with what to fix; it never shows
 the reference's code. reveal("04") prints a notebook's open question and a model answer.
 """
 from .answers import question, reveal

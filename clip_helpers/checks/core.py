@@ -18,9 +18,10 @@ class ExerciseFailed(AssertionError):
         return [f"\x1b[31mNot yet:\x1b[0m {self}"]
 
 
-def passed(exercise: str) -> bool:
+def passed(exercise: str) -> None:
+    """Print the verdict and return None: an autograder (nbgrader) counts a test cell that raises nothing as passed,
+    and reads a returned value as the cell's score (True is not one)."""
     print(f"Correct: {exercise} agrees with the reference on every test input.")
-    return True
 
 
 def fail(exercise: str, message: str):

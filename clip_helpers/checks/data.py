@@ -28,7 +28,7 @@ def split_of(split_indices, labels, val_fraction, seed, exercise):
     return indices_of(result[0], exercise, "training"), indices_of(result[1], exercise, "validation")
 
 
-def check_split(split_indices) -> bool:
+def check_split(split_indices) -> None:
     """Check `split_indices(labels, val_fraction, seed)` -> (train_indices, val_indices).
 
     Disjoint, together every index once, each class split in the proportion val_fraction (within one item; a

@@ -20,7 +20,7 @@ MASK_MISTAKES = [
 ]
 
 
-def check_causal_mask(causal_mask) -> bool:
+def check_causal_mask(causal_mask) -> None:
     """Check `causal_mask(n)` -> [n, n] (bool or 0/1): True where token i may attend to token j, on n = 1, 2, 5, 9."""
     exercise = "causal_mask"
     sizes = [1, 2, 5, 9]

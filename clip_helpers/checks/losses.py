@@ -66,7 +66,7 @@ def loss_variant(case, directions, targets, normalised, scale, reduction):
             "sum": loss_images + loss_texts}[directions]
 
 
-def check_clip_loss(clip_loss) -> bool:
+def check_clip_loss(clip_loss) -> None:
     """Check `clip_loss(image_features, text_features, logit_scale)` (no labels: the diagonal pairs) on four batches."""
     exercise = "clip_loss"
     cases = loss_cases()
@@ -129,7 +129,7 @@ def floor_hint(answers: list, label_sets: list) -> str | None:
     return None
 
 
-def check_loss_floor(answer) -> bool:
+def check_loss_floor(answer) -> None:
     """Check the floor of the plain loss with duplicate captions: a number for FLOOR_QUESTION, or floor(labels)."""
     exercise = "loss floor"
     label_sets = FLOOR_LABELS if callable(answer) else [FLOOR_QUESTION]

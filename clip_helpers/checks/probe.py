@@ -30,7 +30,7 @@ def check_draw(exercise, chosen, labels, k):
                      f"Draw from each class separately.")
 
 
-def check_k_shot(k_shot_indices) -> bool:
+def check_k_shot(k_shot_indices) -> None:
     """Check `k_shot_indices(labels, k, seed)` -> indices of exactly k images of every class, drawn at random
     without replacement; the same seed gives the same draw; a class with fewer than k images is refused."""
     exercise = "k_shot_indices"

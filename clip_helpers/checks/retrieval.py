@@ -42,7 +42,7 @@ def recall_variant(case, partners, order, cut, unit):
     return 100 * recall if unit == "percent" else recall
 
 
-def check_recall_at_k(recall_at_k) -> bool:
+def check_recall_at_k(recall_at_k) -> None:
     """Check `recall_at_k(similarity, positives, k)` -> percent of queries (rows) with a true partner in their top k."""
     exercise = "recall_at_k"
     cases = recall_cases()

@@ -121,7 +121,7 @@ def order_hint(events: list) -> str | None:
     return None
 
 
-def check_train_step(train_step) -> bool:
+def check_train_step(train_step) -> None:
     """Check `train_step(model, images, tokens, optimizer, scheduler, grad_clip)` -> the batch's loss (a float).
 
     Two calls on a tiny CLIP with SGD and a halving learning rate, compared with the reference step: the same
