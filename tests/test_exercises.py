@@ -115,7 +115,7 @@ def test_matrix_check_accepts_correct_answers(answer, capsys):
 
 MATRIX_WRONG = {
     "raw product": (lambda i, t: i @ t.T, "features are not normalised"),
-    "transposed": (lambda i, t: similarity.similarity_matrix(t, i), "transposed: rows must be images"),
+    "transposed": (lambda i, t: similarity.similarity_matrix(t, i), "transposed: your rows are texts"),
     "images only": (lambda i, t: similarity.normalize(i) @ t.T, "only the image features are normalised"),
     "wrong axis": (lambda i, t: F.normalize(i, dim=0) @ F.normalize(t, dim=0).T, "wrong axis"),
     "two mistakes": (lambda i, t: t @ i.T, "several things"),

@@ -110,8 +110,8 @@ MATRIX_MISTAKES = {
                                "text, must have length 1 (norm over dim=-1)."),
                    ],
     "layout": [("images x texts", None),
-               ("transposed", "transposed: rows must be images and columns texts, result[i, j] = cos(image i, "
-                              "text j); that is image_features @ text_features.T.")],
+               ("transposed", "transposed: your rows are texts and your columns images; result[i, j] must be "
+                              "cos(image i, text j), one row per image.")],
     "sign": [(1, None), (-1, "the sign is flipped: identical directions must give +1.")],
 }
 

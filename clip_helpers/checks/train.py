@@ -83,7 +83,7 @@ def run(step, model, exercise=None, log=None, **options):
     for images, tokens in batches():
         events.append([])
         args = (model, images.clone(), tokens.clone(), optimizer, scheduler, GRAD_CLIP)
-        loss = call(exercise, step, *args) if exercise else step(*args, **options)
+        loss = call(exercise, step, *args, repeat=False, inputs=(1, 2)) if exercise else step(*args, **options)
         parameters = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
         results.append((loss, parameters, optimizer.param_groups[0]["lr"]))
     return results, events
