@@ -426,7 +426,7 @@ TRAIN_WRONG = {
     "no clipping": (dict(order=without("clip")), "no gradient clipping"),
     "clipping before backward": (dict(order=("zero_grad", "loss", "clip", "backward", "step", "scheduler")),
                                  "no gradient clipping"),
-    "clipping values": (dict(clip=torch.nn.utils.clip_grad_value_), "clip the norm"),
+    "clipping values": (dict(clip=torch.nn.utils.clip_grad_value_), "each gradient value separately"),
     "scheduler not stepped": (dict(order=without("scheduler")), "scheduler not stepped"),
     "scheduler first": (dict(order=("zero_grad", "loss", "backward", "clip", "scheduler", "step")),
                         "scheduler.step() runs before optimizer.step()"),
@@ -642,7 +642,8 @@ def test_every_numbered_notebook_has_an_open_question():
     assert numbers and sorted(checks.answers.ANSWERS) == numbers
 
 
-def test_reveal_prints_the_question_and_the_model_answer(capsys):
+def test_reveal_prints_the_question_and_the_model_answer(capsys, monkeypatch):
+    monkeypatch.setenv(checks.answers.INSTRUCTOR_VARIABLE, "1")
     checks.reveal(4)
     printed = capsys.readouterr().out
     assert printed.startswith("Question: The loss of an untrained model") and "A model answer: No." in printed
@@ -651,3 +652,12 @@ def test_reveal_prints_the_question_and_the_model_answer(capsys):
     assert checks.question("04") in printed.replace("\n", " ")
     with pytest.raises(ValueError, match="reveal\\('04'\\)"):
         checks.reveal("99")
+
+
+def test_reveal_keeps_the_model_answer_from_a_students_kernel(capsys, monkeypatch):
+    monkeypatch.delenv(checks.answers.INSTRUCTOR_VARIABLE, raising=False)
+    checks.reveal("04")
+    printed = capsys.readouterr().out
+    assert printed.startswith("Question: The loss of an untrained model")
+    assert "A model answer" not in printed and checks.answers.ANSWERS["04"][1][:40] not in printed.replace("\n", " ")
+    assert "for your instructor" in printed
