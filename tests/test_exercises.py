@@ -37,7 +37,8 @@ def outcome(check, answer, capsys):
     """(passed, everything the student sees: printed text and the failure's message)."""
     try:
         result = check(answer)
-        message = ""
+        assert result is None, "a check returns None when it passes (autograders read a value as a score)"
+        result, message = True, ""
     except ExerciseFailed as error:
         result, message = False, str(error)
     seen = capsys.readouterr().out + message
@@ -114,7 +115,7 @@ def test_matrix_check_accepts_correct_answers(answer, capsys):
 
 MATRIX_WRONG = {
     "raw product": (lambda i, t: i @ t.T, "features are not normalised"),
-    "transposed": (lambda i, t: similarity.similarity_matrix(t, i), "transposed: rows must be images"),
+    "transposed": (lambda i, t: similarity.similarity_matrix(t, i), "transposed: your rows are texts"),
     "images only": (lambda i, t: similarity.normalize(i) @ t.T, "only the image features are normalised"),
     "wrong axis": (lambda i, t: F.normalize(i, dim=0) @ F.normalize(t, dim=0).T, "wrong axis"),
     "two mistakes": (lambda i, t: t @ i.T, "several things"),
@@ -425,7 +426,7 @@ TRAIN_WRONG = {
     "no clipping": (dict(order=without("clip")), "no gradient clipping"),
     "clipping before backward": (dict(order=("zero_grad", "loss", "clip", "backward", "step", "scheduler")),
                                  "no gradient clipping"),
-    "clipping values": (dict(clip=torch.nn.utils.clip_grad_value_), "clip the norm"),
+    "clipping values": (dict(clip=torch.nn.utils.clip_grad_value_), "each gradient value separately"),
     "scheduler not stepped": (dict(order=without("scheduler")), "scheduler not stepped"),
     "scheduler first": (dict(order=("zero_grad", "loss", "backward", "clip", "scheduler", "step")),
                         "scheduler.step() runs before optimizer.step()"),
@@ -642,7 +643,8 @@ def test_every_numbered_notebook_has_an_open_question():
     assert numbers and sorted(checks.answers.ANSWERS) == numbers
 
 
-def test_reveal_prints_the_question_and_the_model_answer(capsys):
+def test_reveal_prints_the_question_and_the_model_answer(capsys, monkeypatch):
+    monkeypatch.setenv(checks.answers.INSTRUCTOR_VARIABLE, "1")
     checks.reveal(4)
     printed = capsys.readouterr().out
     assert printed.startswith("Question: The loss of an untrained model") and "A model answer: No." in printed
@@ -651,3 +653,12 @@ def test_reveal_prints_the_question_and_the_model_answer(capsys):
     assert checks.question("04") in printed.replace("\n", " ")
     with pytest.raises(ValueError, match="reveal\\('04'\\)"):
         checks.reveal("99")
+
+
+def test_reveal_keeps_the_model_answer_from_a_students_kernel(capsys, monkeypatch):
+    monkeypatch.delenv(checks.answers.INSTRUCTOR_VARIABLE, raising=False)
+    checks.reveal("04")
+    printed = capsys.readouterr().out
+    assert printed.startswith("Question: The loss of an untrained model")
+    assert "A model answer" not in printed and checks.answers.ANSWERS["04"][1][:40] not in printed.replace("\n", " ")
+    assert "for your instructor" in printed

@@ -169,7 +169,9 @@ def test_every_notebook_has_two_to_four_exercises_each_ending_in_its_check(path)
     solutions = solution_cells(notebook)
     assert 2 <= len(solutions) <= 4
     for index, cell in solutions:
-        assert cell.metadata["nbgrader"] == {"solution": True, "grade": False, "locked": False,
+        # nbgrader's v3 schema: code is autograded by the locked test cell after it, a written answer by hand
+        graded = {"grade": True, "points": 2} if cell.cell_type == "markdown" else {"grade": False}
+        assert cell.metadata["nbgrader"] == {"solution": True, "locked": False, **graded,
                                              "grade_id": cell.metadata["nbgrader"]["grade_id"], "schema_version": 3}
         assert make_student.BEGIN in cell.source and make_student.END in cell.source
         assert notebook.cells[index - 1].cell_type == "markdown"  # the task, stated before the code

@@ -2,7 +2,8 @@
 
     python tools/make_student.py [--notebooks notebooks] [--out outputs/student]
 
-The markers are nbgrader's, so an instructor who uses nbgrader can take the notebooks as they are. In a code
+The markers and cell metadata are nbgrader's: `nbgrader generate_assignment` stubs the same cells (README,
+"nbgrader"; tests/test_nbgrader.py). In a code
 cell the lines from `### BEGIN SOLUTION` to `### END SOLUTION` become, at the marker's indentation,
 `raise NotImplementedError("...")` with a message naming the exercise and the check to run. In a markdown cell
 the same two lines delimit a written answer, which becomes a placeholder. As in nbgrader, a cell marked as a

@@ -1,7 +1,8 @@
 """The exercises' checks: check_<name>(your_function) compares it with the kit's reference and explains a mistake.
 
-A check prints one "Correct" line and returns True, or raises ExerciseFailed with what to fix; it never shows
-the reference's code. reveal("04") prints a notebook's open question and a model answer.
+A check prints one "Correct" line and returns None, or raises ExerciseFailed with what to fix; it never shows
+the reference's code. reveal("04") prints a notebook's open question, and its model answer where
+CLIP_KIT_INSTRUCTOR=1 (an instructor's kernel).
 """
 from .answers import question, reveal
 from .core import ExerciseFailed

@@ -1,5 +1,13 @@
-"""One open question per notebook, with a model answer shown on demand: reveal("04")."""
+"""One open question per notebook, with a model answer for the instructor: reveal("04").
+
+The model answer prints only where the environment says an instructor runs the kernel (INSTRUCTOR_VARIABLE set
+to 1); a student's kernel sees the question and where the answer will come from. A determined student can still
+read this file: it is a courtesy, not a lock.
+"""
+import os
 import textwrap
+
+INSTRUCTOR_VARIABLE = "CLIP_KIT_INSTRUCTOR"
 
 ANSWERS = {
     "01": (
@@ -110,9 +118,17 @@ def question(notebook) -> str:
     return ANSWERS[key_of(notebook)][0]
 
 
+def is_instructor() -> bool:
+    return os.environ.get(INSTRUCTOR_VARIABLE) == "1"
+
+
 def reveal(notebook) -> None:
-    """Print the notebook's open question and its model answer. Try answering it yourself first."""
+    """Print the notebook's open question and, for an instructor, its model answer."""
     text, answer = ANSWERS[key_of(notebook)]
     print(textwrap.fill(f"Question: {text}", 100))
     print()
-    print(textwrap.fill(f"A model answer: {answer}", 100))
+    if is_instructor():
+        print(textwrap.fill(f"A model answer: {answer}", 100))
+    else:
+        print("The model answer is for your instructor: write yours in the cell above, and compare it with the "
+              "answer discussed in class.")

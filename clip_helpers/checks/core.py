@@ -4,9 +4,11 @@ A check compares the student's output with the kit's reference on several inputs
 the usual mistakes (each a small variant of the reference, described by a hint) and reports the hints of the
 simplest variant that reproduces the student's outputs on every input. Nothing here prints source code.
 """
+import copy
 from contextlib import contextmanager
 from itertools import product
 
+import numpy as np
 import torch
 
 
@@ -18,26 +20,69 @@ class ExerciseFailed(AssertionError):
         return [f"\x1b[31mNot yet:\x1b[0m {self}"]
 
 
-def passed(exercise: str) -> bool:
+def passed(exercise: str) -> None:
+    """Print the verdict and return None: an autograder (nbgrader) counts a test cell that raises nothing as passed,
+    and reads a returned value as the cell's score (True is not one)."""
     print(f"Correct: {exercise} agrees with the reference on every test input.")
-    return True
 
 
 def fail(exercise: str, message: str):
     raise ExerciseFailed(f"{exercise}: {message}")
 
 
-def call(exercise: str, function, *args, **kwargs):
-    """The student's function applied to the inputs, or ExerciseFailed saying what it raised and on what."""
+def call(exercise: str, function, *args, repeat: bool = True, inputs=None, **kwargs):
+    """The student's function applied to the inputs, or ExerciseFailed saying what it raised and on what.
+
+    It also fails when the function changes one of its `inputs` (positions, all by default) in place, each
+    compared with an untouched copy, and, with `repeat`, when a second call on copies of the same inputs gives a
+    different result.
+    """
     if not callable(function):
         fail(exercise, f"pass the function itself (check_...(my_function)), not {type(function).__name__}.")
+    inputs = range(len(args)) if inputs is None else inputs
+    untouched = {position: copy.deepcopy(args[position]) for position in inputs}
+    pristine = copy.deepcopy(args) if repeat else None
+    output = attempt(exercise, function, args, kwargs)
+    for position, original in untouched.items():
+        if not same(args[position], original):
+            fail(exercise, f"your function changes its input in place (argument {position + 1}, "
+                           f"{describe([original])}): the caller's tensor is not the same after the call. Compute "
+                           f"into new tensors (out-of-place operations, no `x /= ...`, `x.add_()`, `x[...] = ...`).")
+    if repeat:
+        again = attempt(exercise, function, pristine, kwargs)
+        if not same(output, again):
+            fail(exercise, f"two calls on the same input ({describe(pristine)}) returned different results: the "
+                           f"function must depend only on its arguments (no global counters, no unseeded randomness, "
+                           f"no state kept between calls).")
+    return output
+
+
+def attempt(exercise: str, function, args, kwargs):
     try:
         return function(*args, **kwargs)
     except NotImplementedError as error:  # the student edition's stub: its message names the cell to fill in
         fail(exercise, f"not written yet: replace the `raise NotImplementedError(...)` line with your code."
                        f"{chr(10) + '  (' + str(error) + ')' if str(error) else ''}")
+    except ExerciseFailed:
+        raise
     except Exception as error:  # any error of the student's code is reported in words, with the input it got
         fail(exercise, f"your function raised {type(error).__name__}: {error}\n  on the input {describe(args)}.")
+
+
+def same(a, b) -> bool:
+    """Equal values, exactly: tensors and arrays elementwise (nan equal to nan), containers item by item."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (torch.Tensor, np.ndarray)) or isinstance(b, (torch.Tensor, np.ndarray)):
+        a, b = as_tensor(a), as_tensor(b)
+        return a is not None and b is not None and a.shape == b.shape and bool(torch.equal(a.nan_to_num(7.5),
+                                                                                          b.nan_to_num(7.5)))
+    if hasattr(a, "indices") and hasattr(b, "indices"):  # two torch Subsets
+        return same(list(a.indices), list(b.indices))
+    try:
+        return a is b or bool(a == b) or (a != a and b != b)
+    except Exception:  # values with no truth value for ==: told apart by the checks' own comparisons
+        return True
 
 
 def describe(args) -> str:

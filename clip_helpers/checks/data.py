@@ -2,16 +2,23 @@
 from collections import Counter
 
 import numpy as np
+import torch
+import torch.utils.data
 
 from .core import call, fail, passed
 
 # 10 classes of uneven size, one class of 2 (one item each side) and one of 1 (nothing to split)
 SPLIT_LABELS = [label for label, count in enumerate([30, 25, 40, 12, 30, 18, 22, 35, 2, 1]) for _ in range(count)]
+# the same labels in a random order: a split that relies on the classes coming in blocks fails here
+SHUFFLED_LABELS = [SPLIT_LABELS[i] for i in np.random.default_rng(11).permutation(len(SPLIT_LABELS))]
 
 
 def indices_of(part, exercise, name) -> list:
     """A Subset's indices, or a list/array/tensor of ints, as a list of Python ints."""
-    part = getattr(part, "indices", part)
+    if isinstance(part, torch.utils.data.Subset):  # not getattr(part, "indices"): a tensor has an indices method
+        part = part.indices
+    if isinstance(part, torch.Tensor):
+        part = part.detach().cpu().numpy()
     try:
         values = np.asarray(part).reshape(-1)
         if values.size and not np.issubdtype(values.dtype, np.integer):
@@ -22,13 +29,13 @@ def indices_of(part, exercise, name) -> list:
 
 
 def split_of(split_indices, labels, val_fraction, seed, exercise):
-    result = call(exercise, split_indices, list(labels), val_fraction, seed)
+    result = call(exercise, split_indices, list(labels), val_fraction, seed, repeat=False)  # seeds: below
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         fail(exercise, "return two lists of indices: (train_indices, val_indices).")
     return indices_of(result[0], exercise, "training"), indices_of(result[1], exercise, "validation")
 
 
-def check_split(split_indices) -> bool:
+def check_split(split_indices) -> None:
     """Check `split_indices(labels, val_fraction, seed)` -> (train_indices, val_indices).
 
     Disjoint, together every index once, each class split in the proportion val_fraction (within one item; a
@@ -36,10 +43,11 @@ def check_split(split_indices) -> bool:
     """
     exercise = "split"
     labels = SPLIT_LABELS
-    for val_fraction in (0.2, 0.5):
-        train, val = split_of(split_indices, labels, val_fraction, 0, exercise)
-        check_partition(exercise, train, val, len(labels))
-        check_strata(exercise, labels, val, val_fraction)
+    for case_labels, val_fraction in ((labels, 0.2), (labels, 0.5), (SHUFFLED_LABELS, 0.2), (SHUFFLED_LABELS, 0.3)):
+        train, val = split_of(split_indices, case_labels, val_fraction, 0, exercise)
+        check_partition(exercise, train, val, len(case_labels))
+        check_order(exercise, train, val, val_fraction)
+        check_strata(exercise, case_labels, val, val_fraction)
     train, val = split_of(split_indices, labels, 0.2, 0, exercise)
     again = split_of(split_indices, labels, 0.2, 0, exercise)
     if sorted(val) != sorted(again[1]):
@@ -69,6 +77,14 @@ def check_partition(exercise, train, val, n):
     if missing:
         fail(exercise, f"{len(missing)} of the {n} items are in neither part (e.g. {sorted(missing)[:5]}): together "
                        f"the two parts must hold every item, so no labelled image is wasted.")
+
+
+def check_order(exercise, train, val, val_fraction):
+    """A (val, train) return shows as a validation part of the training part's size."""
+    if val_fraction < 0.5 and len(val) > len(train):
+        fail(exercise, f"with val_fraction={val_fraction} your validation part holds {len(val)} items and your training "
+                       f"part {len(train)}: the two parts come back in the wrong order. The first is the training "
+                       f"part, the second the validation part.")
 
 
 def check_strata(exercise, labels, val, val_fraction):

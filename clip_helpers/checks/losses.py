@@ -43,13 +43,18 @@ LOSS_MISTAKES = {
               ("exp", "logit_scale is already the multiplier (the model's logit_scale.exp()): do not exponentiate it."),
               ("log", "logit_scale is the multiplier itself: multiply by it, not by its log."),
               ("divide", "multiply the cosines by logit_scale; dividing makes the softmax flatter instead of sharper.")],
+    "probabilities": [("logits", None),
+                      ("softmax", "softmax before cross_entropy: cross_entropy takes raw logits and applies its own "
+                                  "log-softmax, so a softmax first squashes every row into [0, 1] and the loss "
+                                  "barely moves."),
+                      ],
     "reduction": [("mean", None),
                   ("sum", "sum instead of mean: the cross-entropy is averaged over the batch, so the loss does not "
                           "grow with the batch size.")],
 }
 
 
-def loss_variant(case, directions, targets, normalised, scale, reduction):
+def loss_variant(case, directions, targets, normalised, scale, probabilities, reduction):
     image_features, text_features, logit_scale = case
     if normalised:
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
@@ -60,38 +65,60 @@ def loss_variant(case, directions, targets, normalised, scale, reduction):
     n = len(logits)
     labels = {"diagonal": torch.arange(n), "zeros": torch.zeros(n, dtype=torch.long),
               "reversed": torch.arange(n).flip(0)}[targets]
-    loss_images = F.cross_entropy(logits, labels, reduction=reduction)
-    loss_texts = F.cross_entropy(logits.T, labels, reduction=reduction)
+    squash = (lambda x: x.softmax(dim=-1)) if probabilities == "softmax" else (lambda x: x)
+    loss_images = F.cross_entropy(squash(logits), labels, reduction=reduction)
+    loss_texts = F.cross_entropy(squash(logits.T), labels, reduction=reduction)
     return {"both": (loss_images + loss_texts) / 2, "images": loss_images, "texts": loss_texts,
             "sum": loss_images + loss_texts}[directions]
 
 
-def check_clip_loss(clip_loss) -> bool:
+def check_clip_loss(clip_loss) -> None:
     """Check `clip_loss(image_features, text_features, logit_scale)` (no labels: the diagonal pairs) on four batches."""
     exercise = "clip_loss"
     cases = loss_cases()
-    outputs = []
+    outputs, graphs = [], []
     for image_features, text_features, logit_scale in cases:
-        image_features = image_features.clone().requires_grad_()
-        output = call(exercise, clip_loss, image_features, text_features.clone(), logit_scale.clone())
+        inputs = [part.clone().requires_grad_() for part in (image_features, text_features, logit_scale)]
+        output = call(exercise, clip_loss, *inputs)
         if not isinstance(output, torch.Tensor) or output.numel() != 1:
             fail(exercise, f"return the loss as a torch scalar (one number, still a tensor so it can be "
                            f"backpropagated); you returned {type(output).__name__}"
                            f"{' of shape ' + str(tuple(output.shape)) if isinstance(output, torch.Tensor) else ''}.")
         if not output.requires_grad:
-            fail(exercise, "the loss is cut off from the features (no gradient flows back): avoid .item(), .detach(), "
-                           "numpy and torch.no_grad() inside the loss.")
+            fail(exercise, "the loss is cut off from the features (no gradient flows back): something inside the "
+                           "loss leaves the graph (.item(), .detach(), numpy, torch.no_grad()).")
+        graphs.append((output, inputs))
         outputs.append(as_tensor(output).reshape(()))
     expected = [losses.clip_loss(*case) for case in cases]
-    if all(close(output, want) for output, want in zip(outputs, expected)):
+    right = all(close(output, want) for output, want in zip(outputs, expected))
+    if not right:  # a wrong value is named first: a wrong scale can also flatten the gradients to 0
+        fail_on_known_mistake(exercise, outputs, cases, LOSS_MISTAKES, loss_variant)
+    for (output, inputs), case in zip(graphs, cases):
+        if len(case[0]) > 1:  # one pair has nothing to contrast: every gradient is 0 there
+            check_gradients(exercise, output, inputs)
+    if right:
         return passed(exercise)
-    fail_on_known_mistake(exercise, outputs, cases, LOSS_MISTAKES, loss_variant)
     wrong = next(i for i, (output, want) in enumerate(zip(outputs, expected)) if not close(output, want))
     n = len(cases[wrong][0])
     fail(exercise, f"on a batch of {n} pairs with logit_scale {cases[wrong][2].item():g} you return "
                    f"{outputs[wrong].item():.5g}, the reference {expected[wrong].item():.5g}. Follow the pseudocode: "
                    f"normalise, logits = logit_scale * cosines, cross-entropy against the diagonal in both directions, "
                    f"then the mean of the two.")
+
+
+GRADIENT_HINTS = ["the image features", "the text features", "logit_scale"]
+
+
+def check_gradients(exercise, output, inputs):
+    """Every input that must learn gets a gradient: both towers through their features, the temperature itself."""
+    gradients = torch.autograd.grad(output.reshape(()), inputs, allow_unused=True)
+    cut = [name for name, gradient in zip(GRADIENT_HINTS, gradients)
+           if gradient is None or not torch.isfinite(gradient).all() or not gradient.abs().sum() > 0]
+    if cut:
+        how = ("a Python float (float(...) or .item()) takes it out of the graph, so training could never change "
+               "the temperature" if cut == ["logit_scale"] else "detached, computed under no_grad or turned into "
+               "numpy along the way, so that tower would never learn")
+        fail(exercise, f"no gradient reaches {' or '.join(cut)}: {how}. Every input must stay a tensor in the graph.")
 
 
 # ---------------------------------------------------------------- the floor of duplicate captions
@@ -129,7 +156,7 @@ def floor_hint(answers: list, label_sets: list) -> str | None:
     return None
 
 
-def check_loss_floor(answer) -> bool:
+def check_loss_floor(answer) -> None:
     """Check the floor of the plain loss with duplicate captions: a number for FLOOR_QUESTION, or floor(labels)."""
     exercise = "loss floor"
     label_sets = FLOOR_LABELS if callable(answer) else [FLOOR_QUESTION]

@@ -1,15 +1,19 @@
 """Check for notebook 09: drawing k labelled images per class for the k-shot probe."""
 from collections import Counter
 
+import numpy as np
+
 from .core import call, fail, passed
 from .data import indices_of
 
 # five classes of uneven size; the smallest has 4 images
 K_SHOT_LABELS = [label for label, count in enumerate([6, 5, 9, 4, 7]) for _ in range(count)]
+# the same in a random order: drawing "the first k of each class" from positions must not rely on blocks
+SHUFFLED_LABELS = [K_SHOT_LABELS[i] for i in np.random.default_rng(12).permutation(len(K_SHOT_LABELS))]
 
 
 def draw(k_shot_indices, labels, k, seed, exercise) -> list:
-    return indices_of(call(exercise, k_shot_indices, list(labels), k, seed), exercise, "k-shot")
+    return indices_of(call(exercise, k_shot_indices, list(labels), k, seed, repeat=False), exercise, "k-shot")
 
 
 def check_draw(exercise, chosen, labels, k):
@@ -30,13 +34,13 @@ def check_draw(exercise, chosen, labels, k):
                      f"Draw from each class separately.")
 
 
-def check_k_shot(k_shot_indices) -> bool:
+def check_k_shot(k_shot_indices) -> None:
     """Check `k_shot_indices(labels, k, seed)` -> indices of exactly k images of every class, drawn at random
     without replacement; the same seed gives the same draw; a class with fewer than k images is refused."""
     exercise = "k_shot_indices"
     labels = K_SHOT_LABELS
-    for k in (1, 3, 4):
-        check_draw(exercise, draw(k_shot_indices, labels, k, 0, exercise), labels, k)
+    for case_labels, k in ((labels, 1), (labels, 3), (labels, 4), (SHUFFLED_LABELS, 2), (SHUFFLED_LABELS, 4)):
+        check_draw(exercise, draw(k_shot_indices, case_labels, k, 0, exercise), case_labels, k)
     first = sorted(draw(k_shot_indices, labels, 2, 0, exercise))
     if first != sorted(draw(k_shot_indices, labels, 2, 0, exercise)):
         fail(exercise, "two calls with the same seed drew different images: make the generator from the seed "

@@ -26,15 +26,23 @@ RECALL_MISTAKES = {
     "order": [("descending", None),
               ("ascending", "you rank the least similar first: sort the similarities in descending order (largest "
                             "cosine = best match).")],
-    "cut": [(0, None), (1, "off by one: the top k are ranks 0..k-1 (k items), not k+1 items.")],
+    "cut": [(0, None), (1, "off by one: you look at k+1 items; the top k are exactly k gallery items."),
+            (-1, "off by one: you look at k-1 items (topk(k-1), or a slice that stops one short); the top k are "
+                 "exactly k gallery items.")],
+    "score": [("recall", None),
+              ("precision", "that is precision@k, the fraction of the top k that are true partners; recall@k asks "
+                            "only whether at least one true partner is among them.")],
     "unit": [("percent", None), ("fraction", "give a percentage (0-100), as retrieval_scores does.")],
 }
 
 
-def recall_variant(case, partners, order, cut, unit):
+def recall_variant(case, partners, order, cut, score, unit):
     similarity, positives, k = case
     top = (similarity if order == "descending" else -similarity).topk(min(k + cut, similarity.shape[1]), dim=1).indices
     in_top = torch.zeros_like(positives).scatter_(1, top, True)
+    if score == "precision":
+        precision = (positives & in_top).sum(dim=1).double().mean() / k
+        return 100 * precision if unit == "percent" else precision
     if partners == "first":
         positives = torch.zeros_like(positives).scatter_(1, positives.int().argmax(dim=1, keepdim=True), True)
     found = (positives & in_top).any(dim=1) if partners != "all" else ((positives & ~in_top).sum(dim=1) == 0)
@@ -42,7 +50,7 @@ def recall_variant(case, partners, order, cut, unit):
     return 100 * recall if unit == "percent" else recall
 
 
-def check_recall_at_k(recall_at_k) -> bool:
+def check_recall_at_k(recall_at_k) -> None:
     """Check `recall_at_k(similarity, positives, k)` -> percent of queries (rows) with a true partner in their top k."""
     exercise = "recall_at_k"
     cases = recall_cases()

@@ -49,7 +49,7 @@ def cosine_variant(case, numerator, denominator, result):
     return dot if result == "cos" else 1 - dot
 
 
-def check_cosine_similarity(cosine_similarity) -> bool:
+def check_cosine_similarity(cosine_similarity) -> None:
     """Check `cosine_similarity(a, b)` of two 1-D tensors (eq. 2) against the kit's, on six pairs and a zero vector."""
     exercise = "cosine_similarity"
     cases = vector_cases()
@@ -110,8 +110,8 @@ MATRIX_MISTAKES = {
                                "text, must have length 1 (norm over dim=-1)."),
                    ],
     "layout": [("images x texts", None),
-               ("transposed", "transposed: rows must be images and columns texts, result[i, j] = cos(image i, "
-                              "text j); that is image_features @ text_features.T.")],
+               ("transposed", "transposed: your rows are texts and your columns images; result[i, j] must be "
+                              "cos(image i, text j), one row per image.")],
     "sign": [(1, None), (-1, "the sign is flipped: identical directions must give +1.")],
 }
 
@@ -127,7 +127,7 @@ def matrix_variant(case, normalised, layout, sign):
     return product if layout == "images x texts" else product.T
 
 
-def check_similarity_matrix(similarity_matrix) -> bool:
+def check_similarity_matrix(similarity_matrix) -> None:
     """Check `similarity_matrix(image_features, text_features)` -> [n_images, n_texts] cosines, on three shapes."""
     exercise = "similarity_matrix"
     cases = matrix_cases()
@@ -180,7 +180,7 @@ def probability_variant(case, dim, scale):
     return logit_scale * probabilities if scale == "after" else probabilities
 
 
-def check_caption_probabilities(caption_probabilities) -> bool:
+def check_caption_probabilities(caption_probabilities) -> None:
     """Check `caption_probabilities(similarity, logit_scale)` -> [n_images, n_texts], each row a softmax over captions."""
     exercise = "caption_probabilities"
     cases = probability_cases()

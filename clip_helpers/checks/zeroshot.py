@@ -40,7 +40,7 @@ def classifier_variant(text_features, **choice):
     return normalize(features) if choice["renormalise"] else features
 
 
-def check_classifier(classifier_from) -> bool:
+def check_classifier(classifier_from) -> None:
     """Check `classifier_from(text_features)`: [n_classes, n_templates, dim] -> the [n_classes, dim] classifier."""
     exercise = "prompt-ensemble classifier"
     cases = classifier_cases()
@@ -89,7 +89,7 @@ def top1_variant(case, target, unit):
     return 100 * accuracy if unit == "percent" else accuracy
 
 
-def check_top1(top1) -> bool:
+def check_top1(top1) -> None:
     """Check `top1(image_features, labels, classifier)` -> zero-shot top-1 accuracy in percent."""
     exercise = "top-1 accuracy"
     cases = top1_cases()
@@ -143,7 +143,7 @@ def held_out_variant(case, classes, unit):
     return 100 * accuracy if unit == "percent" else accuracy
 
 
-def check_held_out_top1(held_out_top1) -> bool:
+def check_held_out_top1(held_out_top1) -> None:
     """Check `held_out_top1(image_features, labels, classifier)`: top-1 (%) of held-out images among ALL classes."""
     exercise = "held-out top-1"
     cases = held_out_cases()
