@@ -74,3 +74,27 @@ def test_int8_copy_shares_the_text_weights_but_not_the_training_mode(vit):
     assert int8.token_embedding.weight is model.token_embedding.weight  # no second copy of the text tower
     assert int8.visual is not model.visual and not int8.training
     assert model.training and model.transformer.training  # the original keeps its mode
+
+
+def test_an_images_int8_features_do_not_depend_on_its_batch(vit):
+    torch.manual_seed(3)
+    images = torch.randn(20, 3, 32, 32)
+    int8 = int8_image_tower(vit)
+    with torch.no_grad():
+        whole = int8.encode_image(images)
+        for batch_size in (1, 8):
+            batched = torch.cat([int8.encode_image(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+            assert torch.equal(batched, whole), batch_size
+        # an image among very different ones (10x the contrast) keeps its features too
+        mixed = int8.encode_image(torch.cat([images[:1], 10 * images[1:]]))
+    assert torch.equal(mixed[0], whole[0])
+
+
+def test_int8_evaluation_gives_the_same_scores_at_any_batch_size(vit):
+    torch.manual_seed(4)
+    images, labels = torch.randn(24, 3, 32, 32), torch.randint(4, (24,))
+    classifier = build_classifier(vit, ["red", "green", "blue", "yellow"], ["a {} shape."])
+    results = [evaluate(vit, [(images[i:i + size], labels[i:i + size]) for i in range(0, 24, size)], classifier,
+                        int8=True) for size in (3, 24)]
+    assert results[0]["top1"] == results[1]["top1"] and results[0]["precision"] == "int8"
+    assert (results[0]["confusion"] == results[1]["confusion"]).all()
