@@ -17,7 +17,7 @@ def check_finite(tensor: torch.Tensor, name: str, source: str) -> torch.Tensor:
         return tensor
     rows = finite.reshape(len(tensor), -1).all(dim=1) if tensor.dim() else finite.reshape(1)
     bad = torch.nonzero(~rows).flatten().tolist()
-    raise NonFiniteError(f"{len(bad)} of {len(rows)} rows of {name} hold NaN or inf (rows {bad[:10]}"
+    raise NonFiniteError(f"{len(bad)} of {len(rows)} rows of {name} are not finite, NaN or inf (rows {bad[:10]}"
                          f"{', ...' if len(bad) > 10 else ''}); they came from {source}. A score from them would "
                          f"be meaningless: find why {source} gave them (a diverged model, zero-length features, "
                          f"an fp16 overflow: try fp32) and recompute.")
