@@ -37,6 +37,31 @@ def autocast(device, enabled: bool = True, dtype: torch.dtype | None = None):
     return torch.autocast(device_type=str(device).split(":")[0], dtype=dtype)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # and "auto": autocast_dtype's choice
+
+
+def precision_dtype(device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of an evaluation `precision`: "auto" (the choice above), "fp32" (None: no autocast,
+    exact), "bf16" or "fp16"."""
+    if precision == "auto":
+        return autocast_dtype(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {['auto', *PRECISIONS]}, not {precision!r}")
+    return PRECISIONS[precision]
+
+
+def precision_name(device, precision: str = "auto") -> str:
+    """"fp32", "bf16" or "fp16": the precision that `precision` runs at on `device` (what to print beside a number)."""
+    dtype = precision_dtype(device, precision)
+    return next(name for name, value in PRECISIONS.items() if value == dtype)
+
+
+def precision_amp(precision: str) -> str | None:
+    """The training setting (TrainConfig.amp) of a command line's --precision."""
+    precision_dtype("cpu", precision)  # a ValueError for an unknown name
+    return {"auto": "auto", "fp32": None, "bf16": "bfloat16", "fp16": "float16"}[precision]
+
+
 def amp_dtype(device, amp: str | None) -> torch.dtype | None:
     """The autocast dtype for a training setting: "auto" (the choice above), None (fp32), "bfloat16" or "float16"."""
     if amp == "auto":

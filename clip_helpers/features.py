@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, SequentialSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 
-from .device import autocast, autocast_dtype
+from .device import autocast, precision_dtype
 from .files import remove_abandoned_temporaries, write_atomically
 from .shapes import ShapesDataset
 from .text import encode_texts
@@ -107,13 +107,14 @@ def reads_every_item_once(loader) -> bool:
     return not getattr(sampler, "replacement", False) and len(sampler) == len(loader.dataset)
 
 
-def fingerprint(model, loader) -> str | None:
-    """sha256 of everything that decides `encode_images(model, loader)`, or None when the items are unknown."""
+def fingerprint(model, loader, precision: str = "auto") -> str | None:
+    """sha256 of everything that decides `encode_images(model, loader, precision=...)`, or None when the items
+    are unknown."""
     items = items_key(loader.dataset)
     if items is None or not reads_every_item_once(loader):
         return None
     device = model.positional_embedding.device
-    parts = [weights_key(model.visual), f"{device.type}:{autocast_dtype(device.type)}",
+    parts = [weights_key(model.visual), f"{device.type}:{precision_dtype(device.type, precision)}",
              type(loader.sampler).__name__, items]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -176,8 +177,13 @@ def cache_path(cache_dir, cache_label: str | None, key: str) -> Path:
 
 
 @torch.no_grad()
-def encode_images(model, loader, cache_dir=None, cache_label: str | None = None, progress: bool = True):
+def encode_images(model, loader, cache_dir=None, cache_label: str | None = None, progress: bool = True,
+                  precision: str = "auto"):
     """(image_features [n, dim] float32 on CPU, labels [n]) for every batch of (images, labels) in `loader`.
+
+    `precision`: "auto" runs the image tower under device.autocast's choice (bf16 on a CPU with bf16 hardware
+    and on most GPUs, fp32 elsewhere); "fp32" runs it without autocast, exactly model.encode_image in fp32;
+    "bf16" / "fp16" force that autocast dtype. device.precision_name(device, precision) says which ran.
 
     With `cache_dir`, the result is saved as `<cache_label->key>.pt`, key = fingerprint(model, loader), and a
     later call with the same image tower, device, dataset items and transform loads it instead of running
@@ -185,7 +191,7 @@ def encode_images(model, loader, cache_dir=None, cache_label: str | None = None,
     """
     key = path = None
     if cache_dir is not None:
-        key = fingerprint(model, loader)
+        key = fingerprint(model, loader, precision)
         if key is None:
             warnings.warn(f"Features are not cached: the items of this {type(loader.dataset).__name__} cannot be "
                           f"identified (or the loader does not read each item once), so a cache could return another "
@@ -197,12 +203,13 @@ def encode_images(model, loader, cache_dir=None, cache_label: str | None = None,
             if cached is not None:
                 return cached
     device = model.positional_embedding.device
+    dtype = precision_dtype(device, precision)  # checked before any work
     was_training = model.training
     model.eval()
     image_features, labels = [], []
     try:  # a failing batch or a Ctrl-C must not leave a model in training in eval mode
         for images, batch_labels in tqdm(loader, desc="encoding images", disable=not progress):
-            with autocast(device):
+            with autocast(device, enabled=dtype is not None, dtype=dtype):
                 image_features.append(model.encode_image(images.to(device)).float().cpu())
             labels.append(torch.as_tensor(batch_labels))
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import distributed
 from .checkpoints import RunFolderError
+from .device import PRECISIONS, get_device, precision_name
 from .interrupts import exit_status, sigterm_raises, stopped
 from .recipes import default_run, fine_tune_on
 from .settings import SettingsError, at_least, fine_tune_problems, positive_float
@@ -55,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--workers", type=at_least(0), default=0, help="DataLoader worker processes")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                        help="autocast of training and validation: auto (bf16 where the hardware has it, else fp32), "
+                             "or fp32 (exact), bf16, fp16; the run prints which ran")
     parser.add_argument("--int8-eval", action="store_true",
                         help="validate with an int8 image tower (CPU, ViT models): faster, not exact")
     args = parser.parse_args(argv)
@@ -90,7 +94,7 @@ def fine_tune_and_print(args, argv, run):
                                   batch_size=args.batch_size, lr=args.lr, train_size=args.train_size,
                                   val_size=args.val_size, run=run, resume=args.resume, device=args.device,
                                   data_dir=args.data_dir, workers=args.workers, progress=not args.no_progress,
-                                  int8_eval=args.int8_eval, overwrite=args.overwrite)
+                                  int8_eval=args.int8_eval, overwrite=args.overwrite, precision=args.precision)
     except KeyboardInterrupt as interrupt:
         # A bare traceback would hide the one thing the user needs: how to continue.
         checkpoint = Path(args.data_dir) / "runs" / run / "checkpoint.pt"
@@ -105,6 +109,9 @@ def fine_tune_and_print(args, argv, run):
         # every process raises it; one message is enough
         raise SystemExit(f"python -m clip_helpers.finetune: error: {error}" if distributed.is_main() else 1) from None
     if distributed.is_main():
+        ran = precision_name(args.device or get_device(), args.precision)
+        print(f"precision: {ran} (--precision {args.precision})"
+              + (", validation images through an int8 image tower" if args.int8_eval else ""))
         print(history.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         print(f"history written to {Path(args.data_dir) / 'runs' / run / 'history.csv'}")  # by fine_tune, atomically
     return history

@@ -1,5 +1,6 @@
 """CLIP's symmetric contrastive loss (the paper's Figure 3 pseudocode), with multi-positive targets."""
 import math
+import warnings
 from collections import Counter
 
 import torch
@@ -26,13 +27,32 @@ def clip_loss(image_features, text_features, logit_scale, labels=None):
     positive (soft targets): two dog photos captioned "a photo of a dog." and "a blurry photo of a dog."
     are no longer pushed apart as negatives. (Exact duplicate captions have identical features, so for
     them both versions give the same value, with a floor of log(k) for k duplicates rather than 0.)
+
+    An empty batch, a logit_scale that is not a finite number >= 0, or features with NaN/inf are refused
+    (ValueError). One pair has no negatives: its loss is 0 whatever the features, said with a warning.
     """
+    check_batch(image_features, text_features, logit_scale)
     logits_per_image = logit_scale * similarity_matrix(image_features, text_features)
     targets = contrastive_targets(labels, logits_per_image)
     loss_images = F.cross_entropy(logits_per_image, targets)
     # Same-label targets are symmetric, so the text->image direction uses the same targets.
     loss_texts = F.cross_entropy(logits_per_image.T, targets)
     return (loss_images + loss_texts) / 2
+
+
+def check_batch(image_features, text_features, logit_scale) -> None:
+    """A ValueError for a batch clip_loss cannot score, a warning for one whose loss says nothing."""
+    if len(image_features) == 0 or len(text_features) == 0:
+        raise ValueError(f"clip_loss needs at least one image-text pair, got {len(image_features)} images and "
+                         f"{len(text_features)} texts (an empty batch): skip empty batches before the loss")
+    scale = torch.as_tensor(logit_scale).detach().float()
+    if scale.numel() != 1 or not bool(torch.isfinite(scale).all()) or float(scale) < 0:
+        raise ValueError(f"logit_scale must be one finite number >= 0 (the multiplier, model.logit_scale.exp()), "
+                         f"got {scale.tolist()}: an infinite scale makes every logit inf and the loss NaN; "
+                         f"clamp the log-scale parameter (the paper caps the multiplier at 100)")
+    if len(image_features) == 1 and len(text_features) == 1:
+        warnings.warn("clip_loss of a single image-text pair is 0 whatever the features: a batch of one has no "
+                      "negatives to contrast with. Use batches of at least two pairs.", stacklevel=3)
 
 
 def loss_floor(labels) -> float:

@@ -74,8 +74,20 @@ def load_clip(name_or_path: str, device=None, download_root="data/weights") -> t
     else:
         raise ValueError(f"Unknown CLIP model {name_or_path!r}: not a file, and not one of "
                          f"{clip.available_models() + ['mini']}.")
+    check_finite_weights(model.state_dict(), name_or_path)
     model = model.float().eval().to(device)
     return model, preprocess_for(model.visual.input_resolution)
+
+
+def check_finite_weights(state_dict: dict, source) -> None:
+    """A ValueError naming the tensors of `state_dict` that hold NaN or inf: such a model's every feature would
+    be NaN, and every score from it meaningless."""
+    bad = [name for name, tensor in state_dict.items()
+           if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(f"{source} has NaN or inf in {len(bad)} of its {len(state_dict)} tensors: "
+                         f"{bad[:8]}{' ...' if len(bad) > 8 else ''}. It was probably saved after training diverged: "
+                         f"load an earlier checkpoint, or train again with a lower lr or in fp32.")
 
 
 def load_pretrained(name, download_root):

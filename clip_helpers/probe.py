@@ -20,6 +20,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
+from .similarity import check_finite
+
 MAX_ITER = 1000
 START_LOG10_C = np.arange(-6.0, 7.0, 2.0)  # the paper's seven starting points, two decades apart
 STEPS_PER_DECADE = 8
@@ -29,9 +31,9 @@ K_SHOTS = (1, 2, 4, 8, 16)
 def probe_inputs(image_features) -> np.ndarray:
     """[n, dim] float64 numpy array of the rows scaled to unit length (what every function here fits on)."""
     image_features = torch.as_tensor(image_features).detach().cpu().double()
-    if image_features.dim() != 2 or not torch.isfinite(image_features).all():
-        raise ValueError(f"image_features must be a finite [n, dim] array, got shape {tuple(image_features.shape)} "
-                         "with non-finite values or the wrong rank; recompute the features")
+    if image_features.dim() != 2:
+        raise ValueError(f"image_features must be a [n, dim] array, got shape {tuple(image_features.shape)}")
+    check_finite(image_features, "image_features", "the image tower (features.encode_images)")
     return torch.nn.functional.normalize(image_features, dim=-1).numpy()
 
 
@@ -71,6 +73,17 @@ def validation_loss(classifier, image_features, labels) -> float:
     return float(-np.log(np.clip(true, np.finfo(np.float64).eps, None)).mean())  # sklearn.metrics.log_loss clips so too
 
 
+def check_validation_classes(train_labels, val_labels) -> None:
+    """A ValueError when validation has classes the training rows lack: a probe can never predict them, so
+    they would only lower every C's accuracy alike (or, all absent, leave nothing to choose C on)."""
+    absent = sorted(set(as_labels(val_labels).tolist()) - set(as_labels(train_labels).tolist()))
+    if absent:
+        raise ValueError(f"validation classes {absent[:10]}{' ...' if len(absent) > 10 else ''} ({len(absent)} "
+                         f"in all) have no training rows, so no probe can predict them and C cannot be chosen on "
+                         f"them: split so that every validation class is in training (e.g. data.split, stratified), "
+                         f"or drop those validation rows")
+
+
 def select_C(train_features, train_labels, val_features, val_labels,
              start_log10_C=START_LOG10_C, steps_per_decade: int = STEPS_PER_DECADE,
              max_iter: int = MAX_ITER) -> tuple[LogisticRegression, float, pd.DataFrame]:
@@ -83,6 +96,7 @@ def select_C(train_features, train_labels, val_features, val_labels,
     the best so far (within the grid's range) and halves the step, until the step is 1/steps_per_decade decade
     (start_log10_C a single value or steps_per_decade=0: no refinement).
     """
+    check_validation_classes(train_labels, val_labels)
     start = np.sort(np.atleast_1d(np.asarray(start_log10_C, dtype=float)))
     tried: dict[float, tuple[float, float, bool, LogisticRegression]] = {}
 
@@ -198,7 +212,8 @@ def zeroshot_probe(classifier, logit_scale: float = 100.0) -> LogisticRegression
     logistic loss is strictly convex, so L-BFGS reaches the same optimum from any start; only a penalty
     that pulls towards these rows (not a start) would let the text prior help a k-shot probe.
     """
-    rows = torch.as_tensor(classifier).detach().cpu().double().numpy()
+    rows = check_finite(torch.as_tensor(classifier).detach().cpu().double(), "classifier",
+                        "the text tower (zeroshot.build_classifier)").numpy()
     probe = LogisticRegression()
     probe.classes_ = np.arange(len(rows))
     probe.coef_ = logit_scale * rows

@@ -5,6 +5,10 @@ Dynamic quantization stores each nn.Linear's weights in int8 and quantizes its i
 matrix product reads a quarter of the bytes and runs on the CPU's int8 instructions (VNNI where present).
 It reaches only modules that are nn.Linear: nn.MultiheadAttention keeps its input projection as a bare
 matrix, so we first swap it for the same math written with nn.Linear layers.
+
+torch's dynamic quantization takes one activation scale for the whole input tensor, so an image's features
+would depend on the other images of its batch. RowScaledInt8Linear quantizes each row (token) on its own
+scale instead, which makes every image's int8 features the same in any batch.
 """
 import copy
 import itertools
@@ -85,6 +89,59 @@ class Float32(nn.Module):
             return self.module(x.float())
 
 
+class RowScaledInt8Linear(nn.Module):
+    """An nn.Linear in int8 whose activations are quantized per row (per token), not per tensor.
+
+    Each row is divided by its largest magnitude, so all lie in [-1, 1], and one extra row holding exactly
+    +1 and -1 pins the range that the dynamic kernel reads from the tensor to [-1, 1]: every row then gets
+    the same quantization whatever else is in the batch. The product is scaled back row by row and the fp32
+    bias added after, so the rescaling never touches the bias.
+    """
+
+    def __init__(self, linear: nn.Linear, quantize_dynamic):
+        super().__init__()
+        without_bias = skip_init(nn.Linear, linear.in_features, linear.out_features, bias=False)
+        with torch.no_grad():
+            without_bias.weight.copy_(linear.weight)
+        self.linear = quantize_dynamic(nn.Sequential(without_bias), {nn.Linear}, dtype=torch.qint8)[0]
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        pin = torch.zeros(1, linear.in_features)
+        pin[0, 0], pin[0, -1] = 1.0, -1.0
+        self.register_buffer("range_row", pin)
+
+    def forward(self, x):
+        rows = x.reshape(-1, x.shape[-1])
+        scale = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True).clamp_min_(1e-30)
+        scaled = torch.empty(len(rows) + 1, rows.shape[1], dtype=torch.float32)
+        torch.div(rows, scale, out=scaled[:-1])
+        scaled[-1] = self.range_row[0]
+        out = self.linear(scaled)[:-1]
+        out = out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def with_row_scaled_int8(module, quantize_dynamic):
+    """`module` with every nn.Linear inside it replaced by a RowScaledInt8Linear (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, RowScaledInt8Linear(child, quantize_dynamic))
+        else:
+            with_row_scaled_int8(child, quantize_dynamic)
+    return module
+
+
+class PerImageProjection(nn.Module):
+    """`x @ proj`, one matrix-vector product per image: a matrix product's summation order depends on how many
+    rows it has (one image takes another kernel than many), these products' order does not."""
+
+    def __init__(self, proj):
+        super().__init__()
+        self.proj = nn.Parameter(proj.detach().clone(), requires_grad=False)
+
+    def forward(self, x):
+        return torch.bmm(x.unsqueeze(1), self.proj.expand(len(x), *self.proj.shape)).squeeze(1)
+
+
 def text_tower_tensors(model):
     """A deepcopy memo that makes the copy share every tensor but the image tower's (~0.3 GB less for ViT-B/32).
 
@@ -97,7 +154,8 @@ def text_tower_tensors(model):
 def int8_image_tower(model):
     """A copy of `model` (CPU, eval mode) whose ViT image tower runs its linear layers in int8; it shares the fp32 text tower.
 
-    Use it for the images of a zero-shot evaluation; build the classifier from either copy (same text
+    Each image's features are the same in any batch (RowScaledInt8Linear). Use it for the images of a
+    zero-shot evaluation; build the classifier from either copy (same text
     tower). Making the copy takes a while (the README gives the time for ViT-B/32), so make it once per evaluation, not per batch.
     """
     if model.positional_embedding.device.type != "cpu":
@@ -115,5 +173,8 @@ def int8_image_tower(model):
         # torch marks its eager quantization deprecated in favour of torchao, whose CPU int8 path needs
         # torch.compile; this one still works in eager mode, and the tests check its numbers.
         warnings.filterwarnings("ignore", message=".*(deprecated|quantize_per_tensor).*")
-        model.visual.transformer = Float32(quantize_dynamic(transformer, {nn.Linear}, dtype=torch.qint8))
+        model.visual.transformer = Float32(with_row_scaled_int8(transformer, quantize_dynamic))
+    # clip's forward applies ln_post, then proj unless it is None: the projection moves behind ln_post.
+    model.visual.ln_post = nn.Sequential(model.visual.ln_post, PerImageProjection(model.visual.proj))
+    model.visual.proj = None
     return model

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .batches import train_loader_for, val_loader_for
 from .data import random_subset, split
-from .device import get_device
+from .device import get_device, precision_amp
 from .distributed import init_from_env
 from .evaluation import validation_scores
 from .files import save_atomically
@@ -155,14 +155,15 @@ def fine_tune_on(*, model_name: str = "ViT-B/32", source: str = "caltech256", nu
                  batch_size: int = 32, lr: float | None = None, train_size: int | None = 5000,
                  val_size: int | None = 1000, run: str | None = None, resume: bool | str = False, device=None,
                  data_dir="data", workers: int = 0, progress: bool = True, int8_eval: bool = False,
-                 overwrite: bool = False) -> tuple[torch.nn.Module, pd.DataFrame]:
+                 overwrite: bool = False, precision: str = "auto") -> tuple[torch.nn.Module, pd.DataFrame]:
     """(model, history): load `model_name`, fine-tune it on `source` (a name or a folder) with the kit's loop.
 
     The defaults follow the report (ViT-B/32, Caltech-256, ~5000 training and 1000 validation images).
     lr defaults to 1e-5 for pretrained weights and to MINI_RECIPE's for the from-scratch "mini" model.
     int8_eval validates with an int8 copy of a ViT image tower: faster on a CPU, not exact.
     resume: True continues the run (refused when there is none), "auto" continues it if there is one;
-    overwrite=True lets a new run replace the one in the run folder.
+    overwrite=True lets a new run replace the one in the run folder. precision ("auto", "fp32", "bf16",
+    "fp16") is the autocast of training and validation (device.precision_amp).
     Under torchrun each process takes its share of every global batch of `batch_size` (see fine_tune).
     Every argument is checked before anything is loaded (settings.fine_tune_problems), every caption's length
     once the model and the class names are known, before the first step (fine_tune).
@@ -183,7 +184,7 @@ def fine_tune_on(*, model_name: str = "ViT-B/32", source: str = "caltech256", nu
                          lr=default_lr(model_name) if lr is None else lr,
                          run_dir=str(Path(data_dir) / "runs" / run), resume=resume, overwrite=overwrite,
                          run_settings={"model": model_name, "dataset": source}, progress=progress,
-                         int8_eval=int8_eval)
+                         int8_eval=int8_eval, amp=precision_amp(precision))
     pin = str(device).startswith("cuda")
     history = fine_tune(model, train_loader_for(train, batch_size, config.seed, workers),
                         val_loader_for(val, batch_size, config.seed, workers, pin_memory=pin), config)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from . import plots, probe, rehearsal, retrieval
 from .data import cifar10, split
-from .device import get_device
+from .device import PRECISIONS, get_device, precision_name
 from .downloads import SKIP_CHECKSUMS
 from .features import encode_images
 from .models import load_clip, model_summary
@@ -72,15 +72,15 @@ def fig12_similarity(model, preprocess, out_dir):
     return similarity, int((similarity.argmax(dim=1) == torch.arange(len(texts))).sum())
 
 
-def cifar10_zero_shot(model, dataset, batch_size, data_dir):
+def cifar10_zero_shot(model, dataset, batch_size, data_dir, precision="auto"):
     """Zero-shot top-1 (%) on CIFAR-10's 10,000 test images, the 18 prompts averaged per class."""
     classifier = build_classifier(model, CIFAR10_CLASSES, CIFAR10_TEMPLATES)
     image_features, labels = encode_images(model, DataLoader(dataset, batch_size=batch_size),
-                                           cache_dir=Path(data_dir) / "features")
+                                           cache_dir=Path(data_dir) / "features", precision=precision)
     return scores(image_features, labels, classifier)["top1"]
 
 
-def cifar10_probe_and_recall(model, preprocess, test_dataset, batch_size, data_dir, n_images):
+def cifar10_probe_and_recall(model, preprocess, test_dataset, batch_size, data_dir, n_images, precision="auto"):
     """(linear-probe top-1 % on the test set, training images it used, recall DataFrame), as notebooks 09 and 10.
 
     The probe: n_images CIFAR-10 training images (all when n_images >= 50,000; else a stratified sample), 10% of
@@ -89,11 +89,13 @@ def cifar10_probe_and_recall(model, preprocess, test_dataset, batch_size, data_d
     caption's true partners all the images of its class.
     """
     cache_dir = Path(data_dir) / "features"
-    test_features, test_labels = encode_images(model, DataLoader(test_dataset, batch_size=batch_size), cache_dir=cache_dir)
+    test_features, test_labels = encode_images(model, DataLoader(test_dataset, batch_size=batch_size),
+                                               cache_dir=cache_dir, precision=precision)
     pool = cifar10(data_dir, train=True, transform=preprocess)
     if n_images < len(pool):
         pool = split(pool, n_images / len(pool))[1]
-    parts = [encode_images(model, DataLoader(part, batch_size=batch_size), cache_dir=cache_dir) for part in split(pool, 0.1)]
+    parts = [encode_images(model, DataLoader(part, batch_size=batch_size), cache_dir=cache_dir, precision=precision)
+             for part in split(pool, 0.1)]
     classifier, _ = probe.fit_probe(*parts[0], *parts[1], refit=True)
     texts = [fill(template, name) for name in CIFAR10_CLASSES for template in CIFAR10_TEMPLATES]
     text_labels = torch.arange(len(CIFAR10_CLASSES)).repeat_interleave(len(CIFAR10_TEMPLATES))
@@ -126,31 +128,34 @@ def markdown_table(header, rows):
     return lines + [f"| {' | '.join(str(cell) for cell in row)} |" for row in rows]
 
 
-def results_table(summary, zero_shot, history, similarity, fig12_hits, banner=None, probe_top1=None, recall=None):
+def results_table(summary, zero_shot, history, similarity, fig12_hits, banner=None, probe_top1=None, recall=None,
+                  precision=None):
     """outputs/results.md's text: the kit's numbers beside the report's and the paper's (PUBLISHED).
 
-    probe_top1: (top-1 %, training images) of the CIFAR-10 linear probe; recall: retrieval_scores' DataFrame.
+    probe_top1: (top-1 %, training images) of the CIFAR-10 linear probe; recall: retrieval_scores' DataFrame;
+    precision: the image tower's precision that ran ("fp32", "bf16", "fp16"), said beside each number from it.
     """
+    ran = f", {precision}" if precision else ""
     kit = "kit (REHEARSAL: meaningless)" if banner else "kit"
     lines = [f"# clip-kit reproduction of the report's results{' - REHEARSAL' if banner else ''}", ""]
     if banner:
         lines += [f"> **{banner}**", ""]
     rows = [(f"Model printout: {key.replace('_', ' ')}", f"{summary[key]:,}", *PUBLISHED[key])
             for key in ("params", "input_resolution", "context_length", "vocab_size")]
-    rows += [("Zero-shot CIFAR-10 top-1, ViT-B/32, 18-prompt ensemble, whole test set", f"{zero_shot:.1f}%",
+    rows += [(f"Zero-shot CIFAR-10 top-1, ViT-B/32{ran}, 18-prompt ensemble, whole test set", f"{zero_shot:.1f}%",
               *PUBLISHED["zero_shot"]),
              ("Fig 12: photos whose own caption is the most similar", f"{fig12_hits} / {len(FIG12)}", *PUBLISHED["fig12"])]
     if probe_top1 is not None:
-        rows += [(f"Linear probe CIFAR-10 top-1, ViT-B/32, {probe_top1[1]:,} training images", f"{probe_top1[0]:.1f}%",
+        rows += [(f"Linear probe CIFAR-10 top-1, ViT-B/32{ran}, {probe_top1[1]:,} training images", f"{probe_top1[0]:.1f}%",
                   *PUBLISHED["probe"]),
                  ("Linear probe minus zero-shot, CIFAR-10 (points)", f"{probe_top1[0] - zero_shot:+.1f}",
                   *PUBLISHED["probe_vs_zero_shot"])]
     if recall is not None:
-        rows += [(f"CIFAR-10 test retrieval, {direction}, R@1 / R@5 / R@10 (caption partners: its class's images)",
+        rows += [(f"CIFAR-10 test retrieval{ran}, {direction}, R@1 / R@5 / R@10 (caption partners: its class's images)",
                   " / ".join(f"{value:.1f}%" for value in recall.loc[direction]), *PUBLISHED["recall"])
                  for direction in recall.index]
     lines += markdown_table(["result", kit, "report", "paper"], rows)
-    lines += ["", f"## Fig 10: fine-tuning on Caltech-256, per epoch ({kit})", "",
+    lines += ["", f"## Fig 10: fine-tuning on Caltech-256, per epoch ({kit}{ran})", "",
               f"Report: {PUBLISHED['fig10'][0]}. Paper: {PUBLISHED['fig10'][1]}.", ""]
     columns = ["epoch", "train_loss", "val_loss", "val_top1", "val_inbatch_acc"]
     lines += markdown_table(["epoch", "training loss", "validation loss", "validation zero-shot top-1 (%)",
@@ -181,6 +186,9 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=None,
                         help=f"downloads and caches (default data; with --rehearsal, {rehearsal.DEFAULT_ROOT})")
     parser.add_argument("--out-dir", default="outputs")
+    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                        help="autocast of the image tower and of fine-tuning: auto (bf16 where the hardware has it, "
+                             "else fp32), or fp32 (exact), bf16, fp16; results.md says which ran")
     parser.add_argument("--rehearsal", action="store_true",
                         help="run on the stand-ins in --data-dir (clip_helpers.rehearsal), checksums skipped; "
                              "results.md and the figures say it is a rehearsal")
@@ -221,26 +229,27 @@ def main(argv=None):
     similarity, fig12_hits = fig12_similarity(model, preprocess, figures)
     print(f"Fig 12: {fig12_hits}/{len(FIG12)} photos matched to their own caption")
     start = time.perf_counter()
-    zero_shot = cifar10_zero_shot(model, cifar_test, 4 * args.batch_size, args.data_dir)
-    print(f"zero-shot CIFAR-10 top-1: {zero_shot:.2f}% (paper: {PAPER_CIFAR10_ZEROSHOT}%); "
+    ran = precision_name(device, args.precision)
+    zero_shot = cifar10_zero_shot(model, cifar_test, 4 * args.batch_size, args.data_dir, args.precision)
+    print(f"zero-shot CIFAR-10 top-1 ({ran}): {zero_shot:.2f}% (paper: {PAPER_CIFAR10_ZEROSHOT}%); "
           f"{len(cifar_test)} test images in {time.perf_counter() - start:.0f} s (features cached after the first run)")
     start = time.perf_counter()
     probe_top1, probe_images, recall = cifar10_probe_and_recall(model, preprocess, cifar_test, 4 * args.batch_size,
-                                                                args.data_dir, args.probe_train_size)
+                                                                args.data_dir, args.probe_train_size, args.precision)
     print(f"linear probe CIFAR-10 top-1: {probe_top1:.2f}% from {probe_images} training images "
           f"(paper: {PAPER_CIFAR10_PROBE}% from 50,000) in {time.perf_counter() - start:.0f} s\n{recall.round(1)}")
     del model
     # resume="auto": a second `make reproduce` picks the fine-tuning run up where it stopped (or skips it).
     _, history = fine_tune_on(model_name=MODEL, source="caltech256", num_epochs=args.epochs, batch_size=args.batch_size,
                               train_size=args.train_size, val_size=args.val_size, run="reproduce-caltech256",
-                              resume="auto", device=device, data_dir=args.data_dir)
+                              resume="auto", device=device, data_dir=args.data_dir, precision=args.precision)
     plots.save_figure(plots.training_curves(history), "fig10_training", figures)
     if banner:
         rehearsal.stamp_figures(figures)
     results = Path(args.out_dir) / "results.md"
     partial = results.with_name(results.name + ".partial")
     partial.write_text(results_table(summary, zero_shot, history, similarity, fig12_hits, banner,
-                                     (probe_top1, probe_images), recall))
+                                     (probe_top1, probe_images), recall, ran))
     os.replace(partial, results)
     print(results.read_text())
 

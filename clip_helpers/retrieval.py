@@ -69,6 +69,9 @@ def ranks(similarity, positives, chunk_size: int = 1024) -> torch.Tensor:
 def recall_at_k(similarity, positives, ks=RECALL_AT) -> dict[int, float]:
     """{k: percent of queries with a true partner among their top k} (k beyond the gallery counts as all)."""
     query_ranks = ranks(similarity, positives)
+    if len(query_ranks) == 0:
+        raise ValueError("recall_at_k got no queries (a similarity matrix with 0 rows): a recall over nothing is "
+                         "undefined; give at least one query")
     return {k: 100 * (query_ranks < k).float().mean().item() for k in ks}
 
 
@@ -85,6 +88,7 @@ def retrieval_scores(image_features, text_features, text_image_ids, ks=RECALL_AT
     needs at least one. Or pass text_image_ids=None and text_to_image, a [n_texts, n_images] bool matrix of
     true partners (e.g. `same_class`), where a text may have several images.
     """
+    # similarity_matrix refuses non-finite features, naming the rows, before any ranking
     similarity = similarity_matrix(torch.as_tensor(image_features).float(), torch.as_tensor(text_features).float())
     if text_to_image is None:
         text_to_image = partners(text_image_ids, len(similarity))

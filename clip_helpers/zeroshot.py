@@ -3,9 +3,10 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, top_k_accuracy_score
 
+from .device import precision_name
 from .features import encode_images
 from .quantize import int8_image_tower
-from .similarity import normalize
+from .similarity import check_finite, normalize
 from .text import encode_texts, fill, list_of_strings, same_captions
 
 
@@ -40,7 +41,11 @@ def build_classifier(model, class_names: list[str], templates: list[str]) -> tor
 
 
 def logits(image_features: torch.Tensor, classifier: torch.Tensor, logit_scale=100.0) -> torch.Tensor:
-    return logit_scale * normalize(image_features.float()) @ classifier.T.to(image_features.device)
+    """[n_images, n_classes] logit_scale * cosines, in fp32 whatever the two dtypes (fp16 features from a GPU,
+    an fp32 classifier); NaN or inf in either is refused (similarity.NonFiniteError)."""
+    check_finite(image_features, "image_features", "the image tower")
+    check_finite(classifier, "classifier", "the text tower (build_classifier)")
+    return logit_scale * normalize(image_features.float()) @ classifier.float().T.to(image_features.device)
 
 
 @torch.no_grad()
@@ -72,13 +77,20 @@ def scores(image_features: torch.Tensor, labels, classifier: torch.Tensor) -> di
     }
 
 
-def evaluate(model, loader, classifier: torch.Tensor, progress: bool = False, int8: bool = False) -> dict:
+def evaluate(model, loader, classifier: torch.Tensor, progress: bool = False, int8: bool = False,
+             precision: str = "auto") -> dict:
     """Zero-shot scores over a loader of (images, labels); the class prompts are encoded once, before.
 
+    `precision` is that of the image tower ("auto", "fp32", "bf16", "fp16"; see features.encode_images), and
+    the result's "precision" says which ran ("fp32" is exactly model.encode_image in fp32).
     int8=True encodes the images with an int8 copy of a ViT image tower (clip_helpers.quantize), made
-    once here: faster on a CPU, and not exact.
+    once here: faster on a CPU, and not exact; its other layers run in fp32 unless `precision` asks otherwise
+    ("auto" means fp32 there), and the result says "int8" (or e.g. "int8+bf16").
     """
     if int8:
         model = int8_image_tower(model)
-    image_features, labels = encode_images(model, loader, progress=progress)
-    return scores(image_features, labels, classifier)
+        precision = "fp32" if precision == "auto" else precision
+    image_features, labels = encode_images(model, loader, progress=progress, precision=precision)
+    ran = precision_name(model.positional_embedding.device, precision)
+    return scores(image_features, labels, classifier) | {"precision": ran if not int8 else
+                                                          "int8" if ran == "fp32" else f"int8+{ran}"}

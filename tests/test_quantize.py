@@ -8,7 +8,10 @@ from torch import nn
 
 from clip_helpers.models import build_random_clip
 from clip_helpers.quantize import LinearAttention, int8_image_tower, with_linear_attention, with_silu_mlps
+from torch.utils.data import DataLoader, TensorDataset
+
 from clip_helpers.evaluation import validation_scores
+from clip_helpers.features import encode_images
 from clip_helpers.zeroshot import build_classifier, evaluate
 
 
@@ -74,3 +77,28 @@ def test_int8_copy_shares_the_text_weights_but_not_the_training_mode(vit):
     assert int8.token_embedding.weight is model.token_embedding.weight  # no second copy of the text tower
     assert int8.visual is not model.visual and not int8.training
     assert model.training and model.transformer.training  # the original keeps its mode
+
+
+def test_an_images_int8_features_do_not_depend_on_its_batch(vit):
+    torch.manual_seed(3)
+    images = torch.randn(20, 3, 32, 32)
+    int8 = int8_image_tower(vit)
+    with torch.no_grad():
+        whole = int8.encode_image(images)
+        for batch_size in (1, 8):
+            batched = torch.cat([int8.encode_image(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+            assert torch.equal(batched, whole), batch_size
+        # an image among very different ones (10x the contrast) keeps its features too
+        mixed = int8.encode_image(torch.cat([images[:1], 10 * images[1:]]))
+    assert torch.equal(mixed[0], whole[0])
+
+
+def test_int8_evaluation_encodes_the_same_features_at_any_batch_size(vit):
+    torch.manual_seed(4)
+    dataset = TensorDataset(torch.randn(24, 3, 32, 32), torch.randint(4, (24,)))
+    int8 = int8_image_tower(vit)
+    first, second = (encode_images(int8, DataLoader(dataset, batch_size=size), progress=False, precision="fp32")[0]
+                     for size in (3, 24))
+    assert torch.equal(first, second)
+    classifier = build_classifier(vit, ["red", "green", "blue", "yellow"], ["a {} shape."])
+    assert evaluate(vit, DataLoader(dataset, batch_size=8), classifier, int8=True)["precision"] == "int8"
