@@ -1,7 +1,7 @@
 """Does the mini-CLIP compose? Prompts it never saw, attribute binding, and held-out pairs over seeds.
 
-The mini-CLIP learns its language from its captions alone: SHAPES_TEMPLATES filled with 36 class names, 23
-distinct tokens in all. A word outside them ("an", "crimson", "quadrilateral") keeps the random embedding it
+The mini-CLIP learns its language from its captions alone: the captions of clip_helpers.scenes (scene_captions),
+a few dozen distinct tokens in all. A word outside them ("image", "crimson", "quadrilateral") keeps the random embedding it
 was initialised with (no caption ever gave it a gradient), so prompts that use it test nothing the model
 learned. That is the lesson, against CLIP's 400M pairs: CLIP's vocabulary was trained; this one was not.
 
@@ -17,6 +17,7 @@ from clip.simple_tokenizer import SimpleTokenizer
 
 from .features import encode_images
 from .recipes import train_mini_clip
+from .scene_captions import caption_sample
 from .shapes import (COLOUR_SYNONYMS, COLOURS, HELD_OUT, SHAPE_SYNONYMS, SHAPES, SHAPES_NEW_WORD_TEMPLATES,
                      SHAPES_RECOMBINED_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset, crop_boxes, draw_scene)
 from .similarity import normalize
@@ -58,7 +59,8 @@ def tokens_of(texts: list[str]) -> set[str]:
 
 
 def training_texts() -> list[str]:
-    return [fill(template, name) for template in SHAPES_TEMPLATES for name in class_names_for()]
+    """Captions of the kind the mini-CLIP trains on (scene_captions.caption_sample): all its words."""
+    return caption_sample()
 
 
 def unseen_tokens(texts: list[str]) -> list[str]:

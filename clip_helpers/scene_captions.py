@@ -4,7 +4,7 @@ distractor sentences that only word order or binding tells apart from the truth.
 import numpy as np
 from clip.clip import _tokenizer
 
-from .scenes import COUNT_WORDS, LEVEL_WEIGHTS, LEVELS, PREFIXES, Thing, column
+from .scenes import COUNT_WORDS, LEVEL_WEIGHTS, LEVELS, PREFIXES, Thing, column, scene_pairs
 from .text import fill
 
 MAX_TOKENS = 16  # the mini-CLIP's context_length, start and end tokens included
@@ -114,3 +114,11 @@ def size_test(scene) -> tuple[str, str]:
     thing = scene[0]
     other = Thing(thing.colour, thing.shape, "big" if thing.size == "small" else "small", thing.cell)
     return f"{noun(thing, True)}.", f"{noun(other, True)}."
+
+
+def caption_sample(n_pairs: int = 300, seed: int = 0, draws: int = 3) -> list[str]:
+    """Captions of scenes.scene_pairs(n_pairs, seed) at every level each allows, `draws` times: every word the
+    training captions use (their vocabulary is a few dozen tokens, all reached by a sample of this size)."""
+    rng = np.random.default_rng([seed, 11])
+    return [caption(scene, level, rng)[0] for scene in scene_pairs(n_pairs, seed) for level in levels_for(scene)
+            for _ in range(draws)]

@@ -110,3 +110,26 @@ def test_twin_batches_cover_every_scene_once_and_keep_twins_together(batch_size)
 
 def test_column_follows_the_grid():
     assert [column(Thing("red", "circle", "big", cell)) for cell in range(4)] == [0, 1, 0, 1]
+
+
+def test_pair_accuracy_is_the_share_of_images_closer_to_the_true_sentence():
+    import torch
+
+    from clip_helpers.models import build_random_clip, preprocess_for
+    from clip_helpers.scene_training import pair_accuracy, rendered_scenes
+    model = build_random_clip("mini", seed=0).eval()
+    scenes = [scene for scene in scene_pairs(6, seed=4) if captions.relation_pairs(scene)]
+    images = rendered_scenes(scenes, 4, preprocess_for(32))
+    true, false = zip(*(captions.order_test(scene, np.random.default_rng(k)) for k, scene in enumerate(scenes)))
+    with torch.no_grad():
+        image_features = torch.nn.functional.normalize(model.encode_image(images).float(), dim=-1)
+        true_features, false_features = (torch.nn.functional.normalize(model.encode_text(
+            model_tokens(texts)).float(), dim=-1) for texts in (true, false))
+    expected = 100 * ((image_features * true_features).sum(-1) > (image_features * false_features).sum(-1)).float().mean()
+    assert pair_accuracy(model, images, true, false) == pytest.approx(expected.item())
+    assert pair_accuracy(model, images, false, true) == pytest.approx(100 - expected.item())
+
+
+def model_tokens(texts):
+    import clip
+    return clip.tokenize(list(texts), context_length=captions.MAX_TOKENS)
