@@ -53,8 +53,12 @@ def main():
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     tests = test_scenes(2 * recipes.MINI_RECIPE["n_test_pairs"], TEST_SEED, preprocess_for(32))
+    rows = []
     with tempfile.TemporaryDirectory() as cache_dir:
-        rows = pd.DataFrame([trained_row(seed, tests, cache_dir) for seed in args.seeds]).set_index("seed")
+        for seed in args.seeds:  # each seed's row as soon as it is measured: a long run shows its progress
+            rows.append(trained_row(seed, tests, cache_dir))
+            print(pd.Series(rows[-1]).round(3).to_string(), flush=True)
+    rows = pd.DataFrame(rows).set_index("seed")
     floor = pd.Series(scored(build_random_clip("mini", seed=0).eval(), tests), name="random init")
     pd.set_option("display.width", 200)
     summary = pd.DataFrame({"mean": rows.mean(), "std": rows.std(ddof=1) if len(rows) > 1 else np.nan,
