@@ -143,7 +143,7 @@ def load_model(model_name: str, data_dir="data", device=None, mini_recipe: str =
     """(model, preprocess, history): pretrained weights via load_clip (history None), or for "mini" the
     kit's mini-CLIP trained on shapes by train_mini_clip, cached in <data_dir>/weights after the first run.
 
-    mini_recipe: "default" (MINI_RECIPE, under a CPU minute) or "smoke" (SMOKE_RECIPE, seconds).
+    mini_recipe: "default" (MINI_RECIPE; tools/offline_world_report.py times it) or "smoke" (SMOKE_RECIPE, seconds).
     """
     device = device or get_device()
     download_root = Path(data_dir) / "weights"
