@@ -17,26 +17,32 @@ from .evaluation import validation_scores
 from .files import save_atomically
 from .main_process import main_first
 from .models import build_random_clip, load_clip, preprocess_for
+from .scene_training import fit_scenes, scene_scores, scene_splits
 from .settings import SettingsError, check_fine_tune_settings, whole_number_problem
-from .shapes import SHAPES_TEMPLATES
+from .shapes import SHAPES_TEMPLATES, ShapesDataset
 from .sources import open_source, source_name
 from .train import TrainConfig, fine_tune
 from .zeroshot import build_classifier
 
-# The mini-CLIP's recipe (its accuracy and time: the README and notebook 08 print them).
-MINI_RECIPE = dict(n_per_class=100, val_fraction=0.2, num_epochs=12, batch_size=128, lr=2e-3,
+# The mini-CLIP's recipe: one shape per image (clip_helpers.shapes), captioned with SHAPES_TEMPLATES (its accuracy
+# and time: the README and notebook 08 print them).
+MINI_RECIPE = dict(world="shapes", n_per_class=100, val_fraction=0.2, num_epochs=12, batch_size=128, lr=2e-3,
                    weight_decay=0.1, warmup_fraction=0.1, seed=0, amp="auto")
 # The same task for the ViT mini-CLIP (models.MINI_VIT_CLIP), which needs more, smaller steps than the ResNet.
 # Used to check int8 evaluation (benchmarks/finetune_speed.py --accuracy).
 MINI_VIT_RECIPE = dict(MINI_RECIPE, architecture="mini-vit", num_epochs=30, batch_size=64, lr=1e-3)
+# The harder offline world, not yet the course's default (tools/offline_world_report.py measures it): scenes of
+# one to three objects (clip_helpers.scenes, n_scene_pairs scenes and their twins), scored after each epoch on
+# fresh single-shape images (n_val_per_class per pair) and n_test_pairs held-back scene pairs.
+SCENES_RECIPE = dict(world="scenes", n_scene_pairs=1200, n_test_pairs=100, n_val_per_class=20, num_epochs=12,
+                     batch_size=128, lr=2e-3, weight_decay=0.1, warmup_fraction=0.1, seed=0, amp="auto")
 # Seconds, for tests and the smoke profile: proves the pipeline runs, learns little.
-SMOKE_RECIPE = dict(n_per_class=4, val_fraction=0.25, num_epochs=1, batch_size=32, lr=2e-3,
+SMOKE_RECIPE = dict(world="shapes", n_per_class=4, val_fraction=0.25, num_epochs=1, batch_size=32, lr=2e-3,
                     weight_decay=0.1, warmup_fraction=0.1, seed=0, amp="auto")
-RECIPES = {"default": MINI_RECIPE, "smoke": SMOKE_RECIPE}
-# v3: validation batches of distinct classes (batches.val_loader_for: no floor) and the training loss's floor
-# in the history. v2 (class-mixed batches of 128 over 30 classes) ended its validation curves on their floor;
-# v1 held one end-of-training held-out number in every row and sorted-batch validation losses.
-HISTORY_VERSION = "v3"
+SCENES_SMOKE_RECIPE = dict(SCENES_RECIPE, n_scene_pairs=24, n_test_pairs=8, n_val_per_class=1, num_epochs=1,
+                           batch_size=32)
+RECIPES = {"default": MINI_RECIPE, "smoke": SMOKE_RECIPE, "scenes": SCENES_RECIPE, "scenes-smoke": SCENES_SMOKE_RECIPE}
+HISTORY_VERSION = "v4"  # a new version retrains every cached mini-CLIP (its history's columns changed)
 
 
 def rendered(dataset) -> TensorDataset:
@@ -82,7 +88,7 @@ def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrai
         except ValueError as error:  # load_clip's messages for a damaged file; pandas' EmptyDataError is one too
             warnings.warn(f"The cached mini-CLIP {path} is unusable, so it is trained again: {error}", stacklevel=2)
     model = build_random_clip(recipe.get("architecture", "mini"), seed=recipe["seed"]).to(device)
-    history = fit_on_shapes(model, recipe, progress)
+    history = (fit_on_scenes if recipe.get("world") == "scenes" else fit_on_shapes)(model, recipe, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_atomically(model.state_dict(), path)
     history.to_csv(history_path, index=False)
@@ -102,6 +108,29 @@ def fit_on_shapes(model, recipe: dict, progress: bool = True) -> pd.DataFrame:
                                                                                 SHAPES_TEMPLATES)})
 
 
+def fit_on_scenes(model, recipe: dict, progress: bool = True) -> pd.DataFrame:
+    """Train `model` in place on the scenes of `recipe` (scene_training.fit_scenes). Its history has fine_tune's
+    columns, val_* and held_out_top1 on fresh single-shape images of the seen and the held-out pairs (36-way,
+    SHAPES_TEMPLATES), plus scene_loss and scene_inbatch_top1 on held-back scenes of seen pairs."""
+    preprocess = preprocess_for(32)
+    splits = scene_splits(recipe["n_scene_pairs"], recipe["n_test_pairs"], recipe["seed"], preprocess)
+    val, held_out = (rendered(ShapesDataset(split, n_per_class=recipe["n_val_per_class"], seed=recipe["seed"] + 1,
+                                            transform=preprocess)) for split in ("train", "heldout"))
+    class_names = ShapesDataset("all", n_per_class=1).classes
+    config = TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
+                         lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
+                         seed=recipe["seed"], amp=recipe["amp"], progress=progress)
+    val_loader = val_loader_for(val, recipe["batch_size"], recipe["seed"])
+
+    def epoch_scores(model):
+        classifier = build_classifier(model, class_names, SHAPES_TEMPLATES)
+        scene = scene_scores(model, *splits["val"], seed=recipe["seed"], batch_size=recipe["batch_size"])
+        return {**validation_scores(model, val_loader, classifier, recipe["amp"]),
+                "held_out_top1": held_out_top1(model, held_out, class_names, SHAPES_TEMPLATES),
+                "scene_loss": scene["scene_loss"], "scene_inbatch_top1": scene["inbatch_top1"]}
+    return fit_scenes(model, *splits["train"], config, recipe["batch_size"], epoch_scores)
+
+
 def held_out_top1(model, dataset, class_names: list[str], templates: list[str]) -> float:
     """Zero-shot top-1 (%) over all classes on `dataset`: images of pairs the model never saw captioned."""
     classifier = build_classifier(model.eval(), class_names, templates)
@@ -113,7 +142,7 @@ def load_model(model_name: str, data_dir="data", device=None, mini_recipe: str =
     """(model, preprocess, history): pretrained weights via load_clip (history None), or for "mini" the
     kit's mini-CLIP trained on shapes by train_mini_clip, cached in <data_dir>/weights after the first run.
 
-    mini_recipe: "default" (MINI_RECIPE, a few CPU minutes) or "smoke" (SMOKE_RECIPE, seconds).
+    mini_recipe: "default" (MINI_RECIPE; tools/offline_world_report.py times it) or "smoke" (SMOKE_RECIPE, seconds).
     """
     device = device or get_device()
     download_root = Path(data_dir) / "weights"
