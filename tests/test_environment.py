@@ -61,7 +61,8 @@ def third_party_imports(folder: Path) -> set[str]:
                 names |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 names.add(node.module.split(".")[0])
-    return names - set(sys.stdlib_module_names) - {"clip_helpers", "__future__"}
+    own = {path.stem for path in (ROOT / "tools").glob("*.py")}  # the project's scripts, which tests load by path
+    return names - set(sys.stdlib_module_names) - {"clip_helpers", "__future__"} - own
 
 
 def installed_by(distributions) -> set[str]:
