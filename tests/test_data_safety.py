@@ -7,7 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from clip_helpers import downloads, rehearsal, reproduce
+from clip_helpers import downloads
+from clip_helpers.replication import rehearsal, reproduce
 from clip_helpers.profiles import PROFILES, describe, get_profile
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from torch import nn
 
 from clip_helpers.models import build_random_clip
 from clip_helpers.quantize import LinearAttention, int8_image_tower, with_linear_attention, with_silu_mlps
-from clip_helpers.evaluation import validation_scores
+from clip_helpers.training.evaluation import validation_scores
 from clip_helpers.zeroshot import build_classifier, evaluate
 
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers import checkpoints, seeds, train
+from clip_helpers.training import checkpoints, seeds, loop as train
 from clip_helpers.models import load_clip
-from clip_helpers.batches import train_loader_for
-from clip_helpers.train import TrainConfig, fine_tune
+from clip_helpers.training.batches import train_loader_for
+from clip_helpers.training.loop import TrainConfig, fine_tune
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_resume_of_a_run_that_does_not_exist_says_so(mini, tiny_data, tmp_path, 
 @pytest.mark.slow
 def test_a_second_run_into_a_locked_folder_fails_at_once_naming_the_other_process(mini, tiny_data, tmp_path, steps):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom clip_helpers.checkpoints import lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom clip_helpers.training.checkpoints import lock\n"
          "held = lock(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(120)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

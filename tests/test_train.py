@@ -5,13 +5,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers import checkpoints, evaluation, losses, optim, recipes, train
-from clip_helpers.batches import train_loader_for, val_loader_for
+from clip_helpers.training import checkpoints, evaluation, optim, recipes, loop as train
+from clip_helpers import losses
+from clip_helpers.training.batches import train_loader_for, val_loader_for
 from clip_helpers.device import make_scaler
 from clip_helpers.losses import clip_loss
 from clip_helpers.models import load_clip, preprocess_for
-from clip_helpers.recipes import SMOKE_RECIPE
-from clip_helpers.train import TrainConfig, fine_tune
+from clip_helpers.training.recipes import SMOKE_RECIPE
+from clip_helpers.training.loop import TrainConfig, fine_tune
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 

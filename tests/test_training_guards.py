@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers import batches, finetune, recipes, reproduce, train
+from clip_helpers.training import batches, finetune, recipes, loop as train
+from clip_helpers.replication import reproduce
 from clip_helpers.models import build_random_clip
-from clip_helpers.train import TrainConfig, fine_tune
+from clip_helpers.training.loop import TrainConfig, fine_tune
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 LONG_NAME = "an extraordinarily long and winding class name of many words"  # > 16 tokens in "a photo of a {}."
@@ -114,7 +115,7 @@ def test_fine_tune_on_refuses_bad_settings_before_loading_anything(settings, mes
 def test_too_long_captions_agrees_with_clip_tokenize_at_the_boundary():
     import clip
 
-    from clip_helpers.settings import too_long_captions
+    from clip_helpers.training.settings import too_long_captions
     from clip_helpers.text import fill
     names = [" ".join(["cat"] * n) for n in range(8, 16)]  # "a photo of a cat ... cat." is n + 7 tokens
     for context_length in (16, 18):
@@ -154,7 +155,7 @@ def test_the_command_line_refuses_a_folder_name_too_long_for_the_model_before_tr
 # ---------------------------------------------------------------- SIGTERM
 
 def test_sigterm_raises_a_keyboard_interrupt_inside_the_block_only():
-    from clip_helpers.interrupts import Terminated, exit_status, sigterm_raises
+    from clip_helpers.training.interrupts import Terminated, exit_status, sigterm_raises
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     with pytest.raises(KeyboardInterrupt) as stop:
         with sigterm_raises():
@@ -167,7 +168,7 @@ def test_sigterm_raises_a_keyboard_interrupt_inside_the_block_only():
 
 
 def test_sigterm_mid_run_names_the_last_checkpoint(mini, tmp_path):
-    from clip_helpers.interrupts import Terminated  # (on a kit without it, the SIGTERM below would end pytest)
+    from clip_helpers.training.interrupts import Terminated  # (on a kit without it, the SIGTERM below would end pytest)
 
     def terminated_in_epoch_2(model):
         if (tmp_path / "run" / "checkpoint.pt").is_file():
@@ -188,7 +189,7 @@ def test_the_command_line_sent_sigterm_mid_epoch_says_how_to_resume(tmp_path):
     argv = ["--model", "mini", "--dataset", "shapes", "--epochs", "100000", "--batch-size", "8", "--train-size", "64",
             "--val-size", "8", "--run", "term", "--data-dir", str(tmp_path), "--device", "cpu", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-m", "clip_helpers.finetune", *argv], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "clip_helpers.training.finetune", *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -202,4 +203,4 @@ def test_the_command_line_sent_sigterm_mid_epoch_says_how_to_resume(tmp_path):
     assert process.returncode == 143 and "Traceback" not in err, err
     assert "Stopped by SIGTERM." in err and f"The last good checkpoint is {checkpoint} (epoch" in err
     command = shlex.split(err.split("Resume with:")[1].strip().splitlines()[0])
-    assert command[:3] == [sys.executable, "-m", "clip_helpers.finetune"] and command[-1] == "--resume"
+    assert command[:3] == [sys.executable, "-m", "clip_helpers.training.finetune"] and command[-1] == "--resume"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
-from .data import targets_of
+from ..data import targets_of
 from .distributed import SINGLE, Processes
 from .seeds import epoch_seed
 from .settings import SettingsError
@@ -74,7 +74,7 @@ def check_loaders(model, train_loader, val_loader, world_size: int = 1) -> None:
         raise SettingsError(f"train_loader's batches hold one image{' per process' if world_size > 1 else ''}, and "
                             f"{why}: use a batch size of at least {2 * world_size}.")
     raise SettingsError(f"train_loader's last batch holds one image ({dataset_size(train_loader)} images in batches of "
-                        f"{batch_size}), and {why}. Build it with clip_helpers.batches.train_loader_for, which drops "
+                        f"{batch_size}), and {why}. Build it with clip_helpers.training.batches.train_loader_for, which drops "
                         f"such a batch, pass drop_last=True, or choose another batch size.")
 
 
@@ -177,7 +177,7 @@ def shard(loader: DataLoader, processes: Processes, seed: int) -> DataLoader:
             or loader.batch_size is None:
         raise ValueError(f"fine_tune on several processes splits a DataLoader made with a batch_size and shuffle=True "
                          f"or False (train_loader_for); this one draws with a {type(sampler).__name__}. Build it "
-                         f"with clip_helpers.batches.sharded_train_loader(dataset, batch_size, processes).")
+                         f"with clip_helpers.training.batches.sharded_train_loader(dataset, batch_size, processes).")
     local = local_batch_size(loader.batch_size, processes.world_size)
     shuffle = isinstance(sampler, RandomSampler)
     sampler = ShardedSampler(loader.dataset, local, processes.world_size, processes.rank, shuffle=shuffle, seed=seed,

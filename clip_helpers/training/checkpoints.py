@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .files import save_atomically, sha256_of, write_text_atomically
+from ..files import save_atomically, sha256_of, write_text_atomically
 from .seeds import rng_states
 
 try:

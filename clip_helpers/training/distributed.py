@@ -1,6 +1,6 @@
 """Fine-tuning on several processes with torch.distributed, launched by torchrun (NCCL on GPUs, gloo on CPUs).
 
-    torchrun --nproc_per_node 2 -m clip_helpers.finetune ...
+    torchrun --nproc_per_node 2 -m clip_helpers.training.finetune ...
 
 Contrastive training has one catch that a plain DistributedDataParallel wrapper gets wrong: each process
 must score its images against the captions of the *whole* global batch, so features are gathered across
@@ -11,7 +11,7 @@ gradients are the single-process gradients on it (tests/test_distributed.py chec
 The global batch: the loader's batch_size stays the *global* batch, split into equal contiguous chunks, one
 per process in rank order (batches.shard, batches.ShardedSampler), so adding processes leaves the optimisation, the
 negatives and the learning-rate schedule unchanged; only the work per process shrinks. train.fine_tune
-uses all of this under torchrun; clip_helpers.main_process makes rank 0 the one writer.
+uses all of this under torchrun; clip_helpers.training.main_process makes rank 0 the one writer.
 """
 import os
 import warnings
@@ -23,8 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .losses import clip_loss
-from .text import encode_texts
+from ..losses import clip_loss
+from ..text import encode_texts
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -55,7 +55,7 @@ def init_from_env(device: str | None = None, timeout_s: float = 1800) -> Process
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
         raise RuntimeError(f"WORLD_SIZE={world_size} is set but {', '.join(missing)} is not: start the processes "
-                           f"with torchrun (torchrun --nproc_per_node N -m clip_helpers.finetune ...), which sets them all.")
+                           f"with torchrun (torchrun --nproc_per_node N -m clip_helpers.training.finetune ...), which sets them all.")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if device.startswith("cuda"):
         if local_rank >= torch.cuda.device_count():
@@ -136,7 +136,7 @@ def check_same_length(tensor: torch.Tensor) -> None:
     lengths = [int(n) for n in lengths]
     if len(set(lengths)) > 1:
         raise ValueError(f"The processes hold batches of {lengths} items; gathering needs equal ones. Load the "
-                         f"training data with clip_helpers.batches.sharded_train_loader (equal shards, no short last "
+                         f"training data with clip_helpers.training.batches.sharded_train_loader (equal shards, no short last "
                          f"batch).")
 
 

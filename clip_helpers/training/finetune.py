@@ -1,9 +1,9 @@
-"""Command line for the kit's fine-tuning loop: clip_helpers.recipes.fine_tune_on, which `make reproduce` calls too.
+"""Command line for the kit's fine-tuning loop: clip_helpers.training.recipes.fine_tune_on, which `make reproduce` calls too.
 
-    python -m clip_helpers.finetune --model ViT-B/32 --dataset caltech256 --epochs 5 --batch-size 32
-    python -m clip_helpers.finetune --model mini --dataset shapes --epochs 3 --batch-size 64   # offline
-    python -m clip_helpers.finetune --model ViT-B/32 --dataset my_photos/   # a folder, one sub-folder per class
-    torchrun --standalone --nproc_per_node 4 -m clip_helpers.finetune --batch-size 256 ...   # 4 GPUs, one run
+    python -m clip_helpers.training.finetune --model ViT-B/32 --dataset caltech256 --epochs 5 --batch-size 32
+    python -m clip_helpers.training.finetune --model mini --dataset shapes --epochs 3 --batch-size 64   # offline
+    python -m clip_helpers.training.finetune --model ViT-B/32 --dataset my_photos/   # a folder, one sub-folder per class
+    torchrun --standalone --nproc_per_node 4 -m clip_helpers.training.finetune --batch-size 256 ...   # 4 GPUs, one run
 
 Prints the history and writes it as history.csv in the run folder (<data-dir>/runs/<run>/), beside the
 checkpoint that --resume continues from. A run folder holds one run: a new run into it is refused unless
@@ -20,7 +20,7 @@ from .checkpoints import RunFolderError
 from .interrupts import exit_status, sigterm_raises, stopped
 from .recipes import default_run, fine_tune_on
 from .settings import SettingsError, at_least, fine_tune_problems, positive_float
-from .sources import KIT_PREFIX, SOURCES, registry_name
+from ..sources import KIT_PREFIX, SOURCES, registry_name
 
 
 def source_or_folder(text: str) -> str:
@@ -34,7 +34,7 @@ def source_or_folder(text: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clip_helpers.finetune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clip_helpers.training.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ViT-B/32", help="a clip model name, 'mini', or a checkpoint file")
     parser.add_argument("--dataset", default="caltech256", type=source_or_folder,
                         help=f"one of {', '.join(SOURCES)} ({KIT_PREFIX}NAME if a folder here has that name), or "
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def resume_command(argv):
     """The command line that continues the run `argv` started."""
     kept = [arg for arg in argv if arg != "--overwrite"]
-    return shlex.join([sys.executable, "-m", "clip_helpers.finetune", *kept,
+    return shlex.join([sys.executable, "-m", "clip_helpers.training.finetune", *kept,
                        *([] if "--resume" in kept else ["--resume"])])
 
 
@@ -103,7 +103,7 @@ def fine_tune_and_print(args, argv, run):
         raise SystemExit(exit_status(interrupt)) from None
     except (RunFolderError, SettingsError) as error:  # a refusal that says what to do: a traceback would bury that
         # every process raises it; one message is enough
-        raise SystemExit(f"python -m clip_helpers.finetune: error: {error}" if distributed.is_main() else 1) from None
+        raise SystemExit(f"python -m clip_helpers.training.finetune: error: {error}" if distributed.is_main() else 1) from None
     if distributed.is_main():
         print(history.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         print(f"history written to {Path(args.data_dir) / 'runs' / run / 'history.csv'}")  # by fine_tune, atomically

@@ -9,9 +9,9 @@ What changed from the report's listing (section 4.3), and why:
 - validation is zero-shot classification on held-out images, with the class prompts encoded once;
 - a checkpoint every epoch, an exact resume, and a stop with a clear message when the loss turns NaN/inf;
 - a run folder belongs to one run: locked while it trains, never overwritten unless asked, resumed only with
-  the settings it was started with (clip_helpers.checkpoints);
+  the settings it was started with (clip_helpers.training.checkpoints);
 - under torchrun, several processes train one run with DistributedDataParallel, the loss on the features
-  gathered from all of them (clip_helpers.distributed), rank 0 writing the files (clip_helpers.main_process).
+  gathered from all of them (clip_helpers.training.distributed), rank 0 writing the files (clip_helpers.training.main_process).
 """
 import math
 import time
@@ -26,16 +26,16 @@ from tqdm.auto import tqdm
 from . import batches, distributed
 from .batches import dataset_size
 from .checkpoints import describe_run, last_checkpoint_message, save_checkpoint
-from .device import amp_context, make_scaler
+from ..device import amp_context, make_scaler
 from .evaluation import validation_scores
 from .interrupts import sigterm_raises, stopped
-from .losses import clip_loss, loss_floor
+from ..losses import clip_loss, loss_floor
 from .main_process import on_main, run_folder_on_main
 from .optim import make_optimizer, make_scheduler
 from .seeds import epoch_seed, restore_rng_states, seed_everything
 from .settings import check_captions
-from .text import fill
-from .zeroshot import build_classifier
+from ..text import fill
+from ..zeroshot import build_classifier
 
 LOGIT_SCALE_MAX = 100  # the paper clips logit_scale (the multiplier) so logits are at most 100x the cosine
 
@@ -152,7 +152,7 @@ def fine_tune(model, train_loader, val_loader, config: "TrainConfig", extra_scor
     val_top1 (zero-shot %), val_inbatch_acc (the report's metric, %), val_inbatch_max (its ceiling on these
     batches, %), lr (of the epoch's last step), seconds (wall time of the epoch, evaluation
     included), then the columns extra_scores(model) returns after each epoch (e.g. held-out pairs' top-1).
-    With config.run_dir, a checkpoint is written after every epoch (see clip_helpers.checkpoints);
+    With config.run_dir, a checkpoint is written after every epoch (see clip_helpers.training.checkpoints);
     config.resume=True continues from it and returns the same history an uninterrupted run would have.
 
     Under torchrun (several processes) it trains with DistributedDataParallel: train_loader's batch_size

@@ -10,18 +10,18 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .batches import train_loader_for, val_loader_for
-from .data import random_subset, split
-from .device import get_device
+from ..data import random_subset, split
+from ..device import get_device
 from .distributed import init_from_env
 from .evaluation import validation_scores
-from .files import save_atomically
+from ..files import save_atomically
 from .main_process import main_first
-from .models import build_random_clip, load_clip, preprocess_for
+from ..models import build_random_clip, load_clip, preprocess_for
 from .settings import SettingsError, check_fine_tune_settings, whole_number_problem
-from .shapes import SHAPES_TEMPLATES
-from .sources import open_source, source_name
-from .train import TrainConfig, fine_tune
-from .zeroshot import build_classifier
+from ..shapes import SHAPES_TEMPLATES
+from ..sources import open_source, source_name
+from .loop import TrainConfig, fine_tune
+from ..zeroshot import build_classifier
 
 # The mini-CLIP's recipe (its accuracy and time: the README and notebook 08 print them).
 MINI_RECIPE = dict(n_per_class=100, val_fraction=0.2, num_epochs=12, batch_size=128, lr=2e-3,

@@ -11,7 +11,7 @@ import math
 
 import clip
 
-from .text import fill
+from ..text import fill
 
 
 class SettingsError(ValueError):
