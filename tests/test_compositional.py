@@ -48,7 +48,8 @@ def test_class_name_sets_follow_the_dataset_order():
 def test_untrained_token_embeddings_do_not_move_in_training(mini):
     """Why synonyms test nothing learned: a token in no caption gets no gradient, so AdamW leaves it as it was."""
     from clip_helpers.training.batches import train_loader_for
-    from clip_helpers.training.loop import TrainConfig, fine_tune
+    from clip_helpers.training.config import TrainConfig
+    from clip_helpers.training.loop import fine_tune
     import copy
     model = copy.deepcopy(mini)
     images = torch.randn(8, 3, 32, 32)

@@ -301,8 +301,8 @@ def shapes_data():
 
 def run_config(class_names, run_dir, **changes):
     from clip_helpers.shapes import SHAPES_TEMPLATES
-    return train.TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=RUN_EPOCHS, lr=RUN_LR,
-                             amp=None, progress=False, run_dir=str(run_dir), **changes)
+    return (train.TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=RUN_EPOCHS, lr=RUN_LR,
+                              amp=None, progress=False), train.RunFolder(run_dir=str(run_dir), **changes))
 
 
 def run_fine_tune(data, run_dir, train_loader=None, **changes):
@@ -311,7 +311,7 @@ def run_fine_tune(data, run_dir, train_loader=None, **changes):
     model = build_random_clip("mini-vit", seed=0)
     train_loader = train_loader or batches.train_loader_for(train_set, RUN_BATCH, seed=0)
     history = train.fine_tune(model, train_loader, DataLoader(val_set, batch_size=8),
-                              run_config(class_names, run_dir, **changes))
+                              *run_config(class_names, run_dir, **changes))
     return model, history
 
 

@@ -7,6 +7,7 @@ import torch
 import pytest
 
 from clip_helpers.training import finetune, recipes
+from clip_helpers.training.config import FineTuneData, TrainConfig
 from clip_helpers.data import targets_of
 
 
@@ -112,9 +113,10 @@ def test_cli_refuses_a_nonsense_number_at_parse_time(argument, value, capsys):
 
 def test_fine_tune_on_refuses_a_zero_lr_and_a_negative_size_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="lr must be a finite number > 0, not 0"):
-        recipes.fine_tune_on(model_name="mini", source="shapes", lr=0, train_size=16, val_size=16, data_dir=str(tmp_path), device="cpu")
+        recipes.fine_tune_on(FineTuneData(model_name="mini", source="shapes", train_size=16, val_size=16, data_dir=str(tmp_path),
+                                          device="cpu"), TrainConfig(lr=0))
     with pytest.raises(ValueError, match="train_size must be a whole number >= 1"):
-        recipes.fine_tune_on(model_name="mini", source="shapes", train_size=-5, data_dir=str(tmp_path), device="cpu")
+        recipes.fine_tune_on(FineTuneData(model_name="mini", source="shapes", train_size=-5, data_dir=str(tmp_path), device="cpu"))
     assert not (tmp_path / "runs").exists()
 
 

@@ -18,21 +18,32 @@ from torch.utils.data import DataLoader, TensorDataset
 from clip_helpers.training import checkpoints, seeds, loop as train
 from clip_helpers.models import load_clip
 from clip_helpers.training.batches import train_loader_for
-from clip_helpers.training.loop import TrainConfig, fine_tune
+from clip_helpers.training.config import RunFolder, TrainConfig
+from clip_helpers.training.loop import fine_tune
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 ROOT = Path(__file__).resolve().parent.parent
+
+RUN_FOLDER_FIELDS = ("run_dir", "resume", "overwrite", "run_settings")
+
+
+def split_settings(settings):
+    """(TrainConfig, RunFolder or None) of one dict of both's fields."""
+    run = {key: settings.pop(key) for key in RUN_FOLDER_FIELDS if key in settings}
+    return TrainConfig(**settings), RunFolder(**run) if run.get("run_dir") else None
 
 
 def config_for(run_dir, **overrides):
     settings = dict(class_names=CLASS_NAMES, templates=["a {}."], num_epochs=1, lr=1e-3, run_dir=str(run_dir),
                     progress=False)
-    return TrainConfig(**{**settings, **overrides})
+    return split_settings({**settings, **overrides})
 
 
-def run(model, tiny_data, config, batch_size=8):
+def run(model, tiny_data, config_and_folder, batch_size=8):
     train_set, val_set = tiny_data
-    return fine_tune(model, train_loader_for(train_set, batch_size, seed=config.seed), DataLoader(val_set, batch_size=8), config)
+    config, folder = config_and_folder
+    return fine_tune(model, train_loader_for(train_set, batch_size, seed=config.seed), DataLoader(val_set, batch_size=8), config,
+                     folder)
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ from ..features import encode_images
 from ..models import load_clip, model_summary
 from ..photos import photo, photo_descriptions
 from ..training.interrupts import exit_status, sigterm_raises, stopped
-from ..training.recipes import fine_tune_on
+from ..training.config import FineTuneData, RunFolder, TrainConfig
+from ..training.recipes import default_lr, fine_tune_on
 from ..training.settings import SettingsError, at_least, check_captions, fine_tune_problems
 from ..similarity import similarity_matrix
 from ..sources import open_source
@@ -232,9 +233,10 @@ def main(argv=None):
           f"(paper: {PAPER_CIFAR10_PROBE}% from 50,000) in {time.perf_counter() - start:.0f} s\n{recall.round(1)}")
     del model
     # resume="auto": a second `make reproduce` picks the fine-tuning run up where it stopped (or skips it).
-    _, history = fine_tune_on(model_name=MODEL, source="caltech256", num_epochs=args.epochs, batch_size=args.batch_size,
-                              train_size=args.train_size, val_size=args.val_size, run="reproduce-caltech256",
-                              resume="auto", device=device, data_dir=args.data_dir)
+    data = FineTuneData(model_name=MODEL, source="caltech256", batch_size=args.batch_size, train_size=args.train_size,
+                        val_size=args.val_size, data_dir=args.data_dir, device=device)
+    _, history = fine_tune_on(data, TrainConfig(num_epochs=args.epochs, lr=default_lr(MODEL)),
+                              RunFolder(Path(args.data_dir) / "runs" / "reproduce-caltech256", resume="auto"))
     plots.save_figure(plots.training_curves(history), "fig10_training", figures)
     if banner:
         rehearsal.stamp_figures(figures)

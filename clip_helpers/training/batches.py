@@ -9,6 +9,7 @@ validation curves show that floor, not learning. Batches of distinct classes hav
 """
 import math
 from functools import partial
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -16,7 +17,6 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from ..data import targets_of
-from .distributed import SINGLE, Processes
 from .seeds import epoch_seed
 from .settings import SettingsError
 
@@ -107,6 +107,9 @@ def val_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0
 
 # ---------------------------------------------------------------- several processes (torchrun)
 
+ONE = SimpleNamespace(rank=0, world_size=1)  # where a process stands when it is the only one
+
+
 def local_batch_size(batch_size: int, world_size: int) -> int:
     """Each process's share of a global batch of `batch_size`; refuses a batch that does not split evenly."""
     if batch_size % world_size:
@@ -148,9 +151,12 @@ class ShardedSampler(DistributedSampler):
             yield from order[start:start + self.local_batch_size].tolist()
 
 
-def sharded_train_loader(dataset: Dataset, batch_size: int, processes: Processes = SINGLE, seed: int = 0,
+def sharded_train_loader(dataset: Dataset, batch_size: int, processes=None, seed: int = 0,
                          num_workers: int = 0) -> DataLoader:
-    """This process's loader for a global batch of `batch_size` (fine_tune calls its sampler's set_epoch)."""
+    """This process's loader for a global batch of `batch_size` (fine_tune calls its sampler's set_epoch).
+
+    `processes`: distributed.Processes (rank and world_size); None: one process."""
+    processes = processes or ONE
     local = local_batch_size(batch_size, processes.world_size)
     sampler = ShardedSampler(dataset, local, processes.world_size, processes.rank, seed=seed)
     return DataLoader(dataset, batch_size=local, sampler=sampler, num_workers=num_workers)
@@ -158,12 +164,12 @@ def sharded_train_loader(dataset: Dataset, batch_size: int, processes: Processes
 
 def single_process_order(size: int, seed: int, epoch: int) -> torch.Tensor:
     """The order in which one process reads train_loader_for's loader in epoch `epoch` of fine_tune:
-    a DataLoader whose generator train.reseed_sampler seeds (it draws a base seed from it, then shuffles)."""
+    a DataLoader whose generator loop.reseed_sampler seeds (it draws a base seed from it, then shuffles)."""
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return next(iter(DataLoader(range(size), batch_size=size, shuffle=True, generator=generator)))
 
 
-def shard(loader: DataLoader, processes: Processes, seed: int) -> DataLoader:
+def shard(loader: DataLoader, processes, seed: int) -> DataLoader:
     """This process's part of a training loader of global batches (the loader itself in one process).
 
     A DataLoader with shuffle=True or False (train_loader_for's) becomes a loader of the same dataset

@@ -15,10 +15,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import distributed
+from . import processes
 from .checkpoints import RunFolderError
 from .interrupts import exit_status, sigterm_raises, stopped
-from .recipes import default_run, fine_tune_on
+from .config import FineTuneData, RunFolder, TrainConfig
+from .recipes import default_lr, default_run, fine_tune_on
 from .settings import SettingsError, at_least, fine_tune_problems, positive_float
 from ..sources import KIT_PREFIX, SOURCES, registry_name
 
@@ -81,30 +82,36 @@ def main(argv=None):
         with sigterm_raises():  # `timeout` and schedulers stop a run with SIGTERM: say what Ctrl-C would
             return fine_tune_and_print(args, argv, run)
     finally:
-        distributed.cleanup()  # leave torchrun's process group, if fine_tune_on joined one
+        processes.leave()  # leave torchrun's process group, if fine_tune_on joined one
+
+
+def settings_of(args, run: str) -> tuple[FineTuneData, TrainConfig, RunFolder]:
+    """The command line's options as fine_tune_on's three objects (already checked by parse_args)."""
+    data = FineTuneData(model_name=args.model, source=args.dataset, batch_size=args.batch_size,
+                        train_size=args.train_size, val_size=args.val_size, workers=args.workers,
+                        data_dir=args.data_dir, device=args.device)
+    config = TrainConfig(num_epochs=args.epochs, lr=default_lr(args.model) if args.lr is None else args.lr,
+                         int8_eval=args.int8_eval, progress=not args.no_progress)
+    return data, config, RunFolder(Path(args.data_dir) / "runs" / run, resume=args.resume, overwrite=args.overwrite)
 
 
 def fine_tune_and_print(args, argv, run):
     try:
-        _, history = fine_tune_on(model_name=args.model, source=args.dataset, num_epochs=args.epochs,
-                                  batch_size=args.batch_size, lr=args.lr, train_size=args.train_size,
-                                  val_size=args.val_size, run=run, resume=args.resume, device=args.device,
-                                  data_dir=args.data_dir, workers=args.workers, progress=not args.no_progress,
-                                  int8_eval=args.int8_eval, overwrite=args.overwrite)
+        _, history = fine_tune_on(*settings_of(args, run))
     except KeyboardInterrupt as interrupt:
         # A bare traceback would hide the one thing the user needs: how to continue.
         checkpoint = Path(args.data_dir) / "runs" / run / "checkpoint.pt"
         next_step = (f"Resume with:\n    {resume_command(argv)}" if checkpoint.is_file() else
                      "No checkpoint to resume from; start again with the same command (nothing finished to lose).")
-        if distributed.world_size() > 1 and checkpoint.is_file():
+        if processes.several_processes() and checkpoint.is_file():
             next_step = "Resume with the same torchrun command, adding --resume."
-        if distributed.is_main():
+        if processes.is_main():
             print(f"\n{interrupt or stopped(interrupt)}\n{next_step}", file=sys.stderr)
         raise SystemExit(exit_status(interrupt)) from None
     except (RunFolderError, SettingsError) as error:  # a refusal that says what to do: a traceback would bury that
         # every process raises it; one message is enough
-        raise SystemExit(f"python -m clip_helpers.training.finetune: error: {error}" if distributed.is_main() else 1) from None
-    if distributed.is_main():
+        raise SystemExit(f"python -m clip_helpers.training.finetune: error: {error}" if processes.is_main() else 1) from None
+    if processes.is_main():
         print(history.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         print(f"history written to {Path(args.data_dir) / 'runs' / run / 'history.csv'}")  # by fine_tune, atomically
     return history
