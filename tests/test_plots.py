@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clip_helpers import plots# noqa: E402
+from clip_helpers import plots  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

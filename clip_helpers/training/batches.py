@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from ..data import targets_of
 from .seeds import epoch_seed
-from .settings import SettingsError
+from .settings import SettingsError, data_problems
 
 
 def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> DataLoader:
@@ -27,9 +27,9 @@ def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int =
     A last batch of a single image is dropped (another image each epoch, since the order is shuffled): one
     pair has no negatives, so its loss is 0, and BatchNorm (the mini-CLIP's ResNet) cannot train on it.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-        raise SettingsError(f"batch_size must be a whole number >= 2, not {batch_size!r}: a batch of one image has "
-                            f"no negatives for the contrastive loss, and BatchNorm cannot train on it.")
+    problems = data_problems(batch_size=batch_size)
+    if problems:
+        raise SettingsError(f"{'; '.join(problems)}.")
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), drop_last=len(dataset) % batch_size == 1)
 
