@@ -21,7 +21,7 @@ import os
 import pickle
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -29,14 +29,26 @@ from torch import nn
 
 from .batches import shard
 from .checkpoints import RunFolderError, load_checkpoint, run_folder
-from .gathering import (SINGLE, Processes, all_labels, distributed_clip_loss, gather, gather_with_grad,
-                        own_part, unwrap, wrap_model)
+from .gathering import (all_labels, distributed_clip_loss, gather, gather_with_grad, own_part, unwrap,
+                        wrap_model)
 
 __all__ = ["Processes", "SINGLE", "Several", "init_from_env", "cleanup", "processes_for", "on_main", "main_first",
            "from_main", "all_agree", "run_folder_on_main", "distributed_clip_loss", "gather", "gather_with_grad",
            "wrap_model", "unwrap", "all_labels", "own_part"]
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class Processes(NamedTuple):
+    """Where this process stands among the ones torchrun started."""
+    rank: int
+    world_size: int
+    local_rank: int
+    device: str
+    is_main: bool
+
+
+SINGLE = Processes(rank=0, world_size=1, local_rank=0, device="cpu", is_main=True)
 
 
 def init_from_env(device: str | None = None, timeout_s: float = 1800) -> Processes:

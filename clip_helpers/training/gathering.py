@@ -8,7 +8,6 @@ single-process gradients on it (tests/test_distributed.py checks both, every par
 are several processes (clip_helpers.training.distributed.Several).
 """
 import warnings
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -18,17 +17,6 @@ from torch.nn.parallel import DistributedDataParallel
 from ..losses import clip_loss
 from .step import clip_features
 
-
-class Processes(NamedTuple):
-    """Where this process stands among the ones torchrun started."""
-    rank: int
-    world_size: int
-    local_rank: int
-    device: str
-    is_main: bool
-
-
-SINGLE = Processes(rank=0, world_size=1, local_rank=0, device="cpu", is_main=True)
 
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward hands every process the *sum* over processes of the gradient of its slice.
@@ -113,10 +101,10 @@ class CLIPFeatures(nn.Module):
         return clip_features(self.model, images, texts)
 
 
-def wrap_model(model: nn.Module, processes: Processes) -> nn.Module:
-    """CLIPFeatures(model), inside DistributedDataParallel when there are several processes.
+def wrap_model(model: nn.Module, processes) -> nn.Module:
+    """CLIPFeatures(model) inside DistributedDataParallel, for one of several processes (distributed.Processes).
 
-    The CLIP model stays reachable as .module.model (DDP) or .model. A ResNet tower's BatchNorm normalises
+    The CLIP model stays reachable as .module.model (unwrap). A ResNet tower's BatchNorm normalises
     over the local batch; on GPUs it becomes SyncBatchNorm (global statistics, as one process would have),
     on CPUs torch has no SyncBatchNorm, so the run is then not the single-process run: a warning says so.
     """
@@ -141,12 +129,12 @@ def unwrap(wrapped: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------- a global batch's parts
 
-def all_labels(labels: torch.Tensor, processes: Processes) -> torch.Tensor:
+def all_labels(labels: torch.Tensor, processes) -> torch.Tensor:
     """The labels of the whole global batch, in rank order."""
     return gather(labels.to(processes.device)).cpu()
 
 
-def own_part(items: list, processes: Processes) -> list:
+def own_part(items: list, processes) -> list:
     """This process's contiguous share of a global batch's `items` (batches.ShardedSampler's rule)."""
     size = len(items) // processes.world_size
     return items[processes.rank * size:(processes.rank + 1) * size]
