@@ -26,18 +26,18 @@ notebooks: setup
 	$(PY) tools/run_notebooks.py --profile $(PROFILE)
 
 reproduce: setup
-	$(PY) -m clip_helpers.reproduce
+	$(PY) -m clip_helpers.replication.reproduce
 
 # The online path without internet: quick at its real sizes, full's code path at CPU sizes, and reproduce, all on
 # stand-ins (random ViT-B/32, procedural images) built once in rehearsal-data/. Outputs say REHEARSAL.
 REHEARSAL_DATA := rehearsal-data
 REHEARSAL_OUT := outputs/rehearsal
 rehearse: setup
-	$(PY) -m clip_helpers.rehearsal --root $(REHEARSAL_DATA) --fresh
+	$(PY) -m clip_helpers.replication.rehearsal --root $(REHEARSAL_DATA) --fresh
 	$(PY) tools/run_notebooks.py --rehearsal --profile quick --data-dir $(REHEARSAL_DATA) --out $(REHEARSAL_OUT)/quick
 	$(PY) tools/run_notebooks.py --rehearsal --profile full:train_per_class=1,val_per_class=1,test_per_class=30,num_epochs=1 \
 		--data-dir $(REHEARSAL_DATA) --out $(REHEARSAL_OUT)/full --only 01 --only 04 --only 05 --only 07
-	$(PY) -m clip_helpers.reproduce --rehearsal --data-dir $(REHEARSAL_DATA) --out-dir $(REHEARSAL_OUT) \
+	$(PY) -m clip_helpers.replication.reproduce --rehearsal --data-dir $(REHEARSAL_DATA) --out-dir $(REHEARSAL_OUT) \
 		--epochs 1 --train-size 64 --val-size 32
 
 benchmark: setup

@@ -6,8 +6,8 @@
     python benchmarks/finetune_speed.py --accuracy      # do int8 evaluation and patch dropout? (ViT mini-CLIP)
 
 Both sides start from the same randomly initialised ViT-B/32 (no download): the architecture, not the
-weights, sets the speed. The report's step is clip_helpers.report.trainStep, its listing as printed
-(Adam; on CUDA the fp16 model cast to fp32 around every step); the kit's is clip_helpers.train.train_step
+weights, sets the speed. The report's step is clip_helpers.replication.report.trainStep, its listing as printed
+(Adam; on CUDA the fp16 model cast to fp32 around every step); the kit's is clip_helpers.training.step.train_step
 (fp32 weights + autocast where it pays, fused AdamW, each distinct caption encoded once up to its end token).
 Report and kit are timed alternately in one process, so a busy machine slows both alike.
 
@@ -35,7 +35,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-from clip_helpers import optim, recipes, report, train  # noqa: E402
+from clip_helpers.replication import report  # noqa: E402
+from clip_helpers.training import optim, recipes, step  # noqa: E402
+from clip_helpers.training.config import TrainConfig  # noqa: E402
 from clip_helpers.device import autocast_dtype, cpu_has_bf16, get_device, make_scaler, precision_name  # noqa: E402
 from clip_helpers.features import encode_images  # noqa: E402
 from clip_helpers.models import build_random_clip  # noqa: E402
@@ -110,9 +112,9 @@ def report_setup(base, device):
 def kit_step_for(base, device, images, labels, texts, amp):
     """(model, optimizer, step): a copy of `base`, its own fused AdamW, and one kit training step on it under `amp`."""
     model = copy.deepcopy(base).to(device).train()
-    config = train.TrainConfig(class_names=CIFAR10_CLASSES, lr=5e-5, weight_decay=0.2, amp=amp)
+    config = TrainConfig(class_names=CIFAR10_CLASSES, lr=5e-5, weight_decay=0.2, amp=amp)
     optimizer, scaler = optim.make_optimizer(model, config), make_scaler(device, amp)
-    return model, optimizer, lambda: train.train_step(model, images, labels, texts, optimizer, scaler, amp=amp)
+    return model, optimizer, lambda: step.train_step(model, images, labels, texts, optimizer, scaler, amp=amp)
 
 
 def kit_precisions(device):

@@ -16,7 +16,7 @@ import torch
 from clip.simple_tokenizer import SimpleTokenizer
 
 from .features import encode_images
-from .recipes import train_mini_clip
+from .training.recipes import train_mini_clip
 from .shapes import (COLOUR_SYNONYMS, COLOURS, HELD_OUT, SHAPE_SYNONYMS, SHAPES, SHAPES_NEW_WORD_TEMPLATES,
                      SHAPES_RECOMBINED_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset, crop_boxes, draw_scene)
 from .similarity import normalize

@@ -15,7 +15,7 @@ import torch
 
 from . import plots
 from .profiles import Profile, describe, get_profile
-from .recipes import load_model
+from .training.recipes import load_model
 from .sources import TestSets, zero_shot_test_sets
 
 

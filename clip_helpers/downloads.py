@@ -13,7 +13,7 @@ import clip
 from clip.clip import _MODELS
 
 # The rehearsal's stand-ins differ from the downloads only in their checksums: while this variable is "1", and only
-# then, the checksum checks are skipped (clip_helpers.rehearsal sets it).
+# then, the checksum checks are skipped (clip_helpers.replication.rehearsal sets it).
 SKIP_CHECKSUMS = "CLIP_KIT_REHEARSAL_SKIP_CHECKSUMS"
 
 

@@ -1,7 +1,7 @@
 """The eight scikit-image photos of openai/CLIP's "Interacting with CLIP" notebook, with their descriptions.
 
 They ship with scikit-image, so they need no network: the offline stand-in for Caltech-256's layout
-(write_photos) and the images of the report's Fig 12 (clip_helpers.reproduce).
+(write_photos) and the images of the report's Fig 12 (clip_helpers.replication.reproduce).
 """
 from pathlib import Path
 

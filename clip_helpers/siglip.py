@@ -8,7 +8,7 @@ b = -10 makes every pair start near "no", so the first steps are not spent pushi
 No softmax couples the pairs, so the loss of a global batch is a plain sum of blocks (shard i's images
 against shard j's captions); under torchrun it is computed here on the gathered features (each process
 scores its images against all captions), which equals the single-process loss, with exact gradients
-through distributed.gather_with_grad.
+through training.gathering.gather_with_grad (distributed_siglip_loss).
 Same-class pairs are positives (z = +1) when labels are given, as in losses.clip_loss's multi-positive form.
 """
 import math
@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import check_same_length, gather, gather_with_grad, world_size
 from .similarity import similarity_matrix
 
 SIGLIP_LOGIT_SCALE = 10.0  # t = exp(t'), t' initialised to log 10
@@ -46,17 +45,6 @@ def siglip_loss(image_features, text_features, logit_scale, bias, labels=None):
     return -F.logsigmoid(signs * logits).sum() / len(image_features)
 
 
-def distributed_siglip_loss(image_features, text_features, logit_scale, bias, labels=None):
-    """siglip_loss over the global batch under torchrun (the same value on every process; exact gradients, as
-    distributed.distributed_clip_loss); siglip_loss itself in a single process."""
-    if world_size() == 1:
-        return siglip_loss(image_features, text_features, logit_scale, bias, labels)
-    check_same_length(image_features)
-    if labels is not None:
-        labels = gather(torch.as_tensor(labels, device=image_features.device))
-    return siglip_loss(gather_with_grad(image_features), gather_with_grad(text_features), logit_scale, bias, labels)
-
-
 class SigmoidLoss(nn.Module):
     """The sigmoid loss with its learnable bias, called like losses.clip_loss: (image_features, text_features,
     logit_scale, labels). The temperature stays the model's own logit_scale parameter (reset it with
@@ -67,7 +55,10 @@ class SigmoidLoss(nn.Module):
         self.bias = nn.Parameter(torch.tensor(float(bias)))
 
     def forward(self, image_features, text_features, logit_scale, labels=None):
-        return distributed_siglip_loss(image_features, text_features, logit_scale, self.bias, labels)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            from .training.gathering import distributed_siglip_loss  # under torchrun only: one process needs no gathering
+            return distributed_siglip_loss(image_features, text_features, logit_scale, self.bias, labels)
+        return siglip_loss(image_features, text_features, logit_scale, self.bias, labels)
 
 
 def use_siglip_temperature(model, logit_scale: float = SIGLIP_LOGIT_SCALE) -> None:

@@ -15,7 +15,7 @@ import copy
 import pytest
 import torch
 
-from clip_helpers.accumulation import chunk_slices, grad_cache_backward, naive_accumulation_backward
+from clip_helpers.training.accumulation import chunk_slices, grad_cache_backward, naive_accumulation_backward
 from clip_helpers.losses import clip_loss
 from clip_helpers.models import build_random_clip
 from clip_helpers.siglip import SigmoidLoss

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers.batches import distinct_class_batches, val_loader_for
+from clip_helpers.training.batches import distinct_class_batches, val_loader_for
 from clip_helpers.losses import inbatch_ceiling, loss_floor
 
 

@@ -8,7 +8,7 @@ import clip
 import pytest
 import torch
 
-from clip_helpers import report
+from clip_helpers.replication import report
 from clip_helpers.device import cpu_has_bf16
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "finetune_speed.py"

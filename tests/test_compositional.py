@@ -11,7 +11,7 @@ from clip_helpers import compositional as comp
 from clip_helpers.models import build_random_clip, preprocess_for
 from clip_helpers.shapes import (COLOUR_SYNONYMS, HELD_OUT, SHAPE_SYNONYMS, SHAPES_NEW_WORD_TEMPLATES,
                                  SHAPES_RECOMBINED_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset, crop_boxes, draw_scene)
-from clip_helpers.recipes import SMOKE_RECIPE
+from clip_helpers.training.recipes import SMOKE_RECIPE
 from clip_helpers.text import fill
 
 # ---------------------------------------------------------------- prompts the model never saw
@@ -47,8 +47,9 @@ def test_class_name_sets_follow_the_dataset_order():
 
 def test_untrained_token_embeddings_do_not_move_in_training(mini):
     """Why synonyms test nothing learned: a token in no caption gets no gradient, so AdamW leaves it as it was."""
-    from clip_helpers.batches import train_loader_for
-    from clip_helpers.train import TrainConfig, fine_tune
+    from clip_helpers.training.batches import train_loader_for
+    from clip_helpers.training.config import TrainConfig
+    from clip_helpers.training.loop import fine_tune
     import copy
     model = copy.deepcopy(mini)
     images = torch.randn(8, 3, 32, 32)

@@ -1,13 +1,13 @@
 """Nothing the user made is written over or deleted: real downloads and runs by the rehearsal, a student's answers by
 make_student, the source notebooks by run_notebooks; and a notebook runs the profile it is asked for, or fails."""
 import importlib.util
-import json
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from clip_helpers import downloads, rehearsal, reproduce
+from clip_helpers import downloads
+from clip_helpers.replication import rehearsal, reproduce
 from clip_helpers.profiles import PROFILES, describe, get_profile
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """The cifar10 and caltech256 branches of dataset opening, on stand-ins in the real on-disk formats.
 
-The stand-ins are clip_helpers.rehearsal's at its "smoke" sizes: CIFAR-10's Python pickles (2 images per class in
+The stand-ins are clip_helpers.replication.rehearsal's at its "smoke" sizes: CIFAR-10's Python pickles (2 images per class in
 the train batches, 2 in test_batch) and Caltech-256's 257 folders, images in the first 4 and in 257.clutter, one
 of them a truncated JPEG. No network and no weights. What each dataset should hold is read here from the files
 themselves (pickle, PIL), not from the kit.
@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_helpers import downloads, rehearsal
+from clip_helpers import downloads
+from clip_helpers.replication import rehearsal
 from clip_helpers.data import class_name, classes_of, targets_of
-from clip_helpers.recipes import train_and_val_sets
+from clip_helpers.training.recipes import train_and_val_sets
 from clip_helpers.sources import open_source
 from clip_helpers.models import preprocess_for
 from clip_helpers.text import CIFAR10_TEMPLATES

@@ -34,10 +34,11 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Subset
 
-from clip_helpers import batches, checkpoints, device, distributed, optim, train
+from clip_helpers.training import batches, checkpoints, distributed, optim, loop as train
+from clip_helpers import device
 from clip_helpers.losses import clip_loss
 from clip_helpers.models import build_random_clip, preprocess_for
-from clip_helpers.recipes import rendered
+from clip_helpers.training.recipes import rendered
 from clip_helpers.sources import open_source
 from clip_helpers.text import CIFAR10_CLASSES, CIFAR10_TEMPLATES, encode_texts
 
@@ -300,8 +301,8 @@ def shapes_data():
 
 def run_config(class_names, run_dir, **changes):
     from clip_helpers.shapes import SHAPES_TEMPLATES
-    return train.TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=RUN_EPOCHS, lr=RUN_LR,
-                             amp=None, progress=False, run_dir=str(run_dir), **changes)
+    return (train.TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=RUN_EPOCHS, lr=RUN_LR,
+                              amp=None, progress=False), train.RunFolder(run_dir=str(run_dir), **changes))
 
 
 def run_fine_tune(data, run_dir, train_loader=None, **changes):
@@ -310,7 +311,7 @@ def run_fine_tune(data, run_dir, train_loader=None, **changes):
     model = build_random_clip("mini-vit", seed=0)
     train_loader = train_loader or batches.train_loader_for(train_set, RUN_BATCH, seed=0)
     history = train.fine_tune(model, train_loader, DataLoader(val_set, batch_size=8),
-                              run_config(class_names, run_dir, **changes))
+                              *run_config(class_names, run_dir, **changes))
     return model, history
 
 
@@ -429,7 +430,7 @@ def test_a_run_killed_mid_epoch_on_two_processes_resumes_to_the_uninterrupted_re
 def test_torchrun_runs_the_command_line_on_two_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=os.getcwd())
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "clip_helpers.finetune", "--model", "mini", "--dataset", "shapes", "--epochs", "1",
+               "-m", "clip_helpers.training.finetune", "--model", "mini", "--dataset", "shapes", "--epochs", "1",
                "--batch-size", "8", "--train-size", "16", "--val-size", "8", "--run-name", "ddp",
                "--data-dir", str(tmp_path), "--device", "cpu", "--no-progress"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

@@ -6,7 +6,8 @@ import pandas as pd
 import torch
 import pytest
 
-from clip_helpers import finetune, recipes
+from clip_helpers.training import finetune, recipes
+from clip_helpers.training.config import FineTuneData, TrainConfig
 from clip_helpers.data import targets_of
 
 
@@ -34,7 +35,7 @@ def test_cli_datasets_never_share_an_image(tmp_path):
 
 @pytest.mark.slow
 def test_cli_help_runs_as_a_module():
-    result = subprocess.run([sys.executable, "-m", "clip_helpers.finetune", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "clip_helpers.training.finetune", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--resume" in result.stdout and "caltech256" in result.stdout
 
 
@@ -43,7 +44,7 @@ def test_reproduce_fails_fast_without_the_weights(tmp_path, monkeypatch):
 
     import clip.clip
 
-    from clip_helpers import reproduce
+    from clip_helpers.replication import reproduce
 
     def offline(url, root):
         raise urllib.error.URLError("no network (monkeypatched)")
@@ -62,7 +63,7 @@ def test_reproduce_fails_fast_without_the_weights(tmp_path, monkeypatch):
 
 
 def test_reproduce_results_table_puts_the_numbers_side_by_side():
-    from clip_helpers import reproduce
+    from clip_helpers.replication import reproduce
     history = pd.DataFrame([{"epoch": 1, "step": 10, "train_loss": 2.5, "val_loss": 2.0, "val_top1": 80.0,
                              "val_inbatch_acc": 12.5, "lr": 1e-5, "seconds": 1.0}])
     summary = {"params": 151277313, "input_resolution": 224, "context_length": 77, "vocab_size": 49408}
@@ -112,15 +113,16 @@ def test_cli_refuses_a_nonsense_number_at_parse_time(argument, value, capsys):
 
 def test_fine_tune_on_refuses_a_zero_lr_and_a_negative_size_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="lr must be a finite number > 0, not 0"):
-        recipes.fine_tune_on(model_name="mini", source="shapes", lr=0, train_size=16, val_size=16, data_dir=str(tmp_path), device="cpu")
+        recipes.fine_tune_on(FineTuneData(model_name="mini", source="shapes", train_size=16, val_size=16, data_dir=str(tmp_path),
+                                          device="cpu"), TrainConfig(lr=0))
     with pytest.raises(ValueError, match="train_size must be a whole number >= 1"):
-        recipes.fine_tune_on(model_name="mini", source="shapes", train_size=-5, data_dir=str(tmp_path), device="cpu")
+        recipes.fine_tune_on(FineTuneData(model_name="mini", source="shapes", train_size=-5, data_dir=str(tmp_path), device="cpu"))
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
 def test_cli_ctrl_c_says_where_the_checkpoint_is_and_the_command_that_resumes(tmp_path, monkeypatch, capsys):
-    from clip_helpers import train
+    from clip_helpers.training import loop as train
     original, calls = train.train_step, {"n": 0}
 
     def interrupted_in_epoch_2(*args, **kwargs):
@@ -138,7 +140,7 @@ def test_cli_ctrl_c_says_where_the_checkpoint_is_and_the_command_that_resumes(tm
     checkpoint = tmp_path / "runs" / "cli" / "checkpoint.pt"
     assert f"{checkpoint} (epoch 1)" in err
     command = shlex.split(err.split("Resume with:")[1].strip().splitlines()[0])
-    assert command[:3] == [sys.executable, "-m", "clip_helpers.finetune"] and command[-1] == "--resume"
+    assert command[:3] == [sys.executable, "-m", "clip_helpers.training.finetune"] and command[-1] == "--resume"
     monkeypatch.setattr(train, "train_step", original)
 
     # Resuming with other settings is refused, each difference named; the printed command resumes.
@@ -180,7 +182,7 @@ def test_run_notebooks_gives_argparse_messages(argv, message, tmp_path, capsys):
 
 
 def test_reproduce_results_table_adds_the_probe_and_recall_rows():
-    from clip_helpers import reproduce
+    from clip_helpers.replication import reproduce
     history = pd.DataFrame([{"epoch": 1, "train_loss": 2.5, "val_loss": 2.0, "val_top1": 80.0, "val_inbatch_acc": 12.5}])
     summary = {"params": 151277313, "input_resolution": 224, "context_length": 77, "vocab_size": 49408}
     recall = pd.DataFrame({"R@1": [70.0, 88.9], "R@5": [90.0, 100.0], "R@10": [95.5, 100.0]},

@@ -86,7 +86,7 @@ def test_a_source_name_that_is_also_a_folder_here_is_refused_with_both_spellings
 
 
 def test_the_command_line_refuses_the_ambiguous_name_at_parse_time(teacher, capsys):
-    from clip_helpers.finetune import parse_args
+    from clip_helpers.training.finetune import parse_args
     with pytest.raises(SystemExit):
         parse_args(["--dataset", "photos"])
     assert "Write ./photos" in capsys.readouterr().err

@@ -4,7 +4,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from clip_helpers import device as device_module
-from clip_helpers import finetune, reproduce
+from clip_helpers.replication import reproduce
+from clip_helpers.training import finetune
 from clip_helpers.features import encode_images, fingerprint
 from clip_helpers.zeroshot import build_classifier, evaluate
 
@@ -69,14 +70,14 @@ def test_the_command_lines_take_a_precision_and_pass_it_on(tmp_path, monkeypatch
         finetune.parse_args(["--precision", "fp64"])
     got = {}
 
-    def fake_fine_tune_on(**kwargs):
-        got.update(kwargs)
+    def fake_fine_tune_on(data, config, run_folder):
+        got.update(amp=config.amp)
         import pandas as pd
         return None, pd.DataFrame({"epoch": [1]})
     monkeypatch.setattr(finetune, "fine_tune_on", fake_fine_tune_on)
     finetune.main(["--model", "mini", "--dataset", "shapes", "--precision", "fp32", "--device", "cpu",
                    "--data-dir", str(tmp_path)])
-    assert got["precision"] == "fp32"
+    assert got["amp"] is None  # fp32: no autocast
     assert "precision: fp32 (--precision fp32)" in capsys.readouterr().out
 
 

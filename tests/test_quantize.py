@@ -10,8 +10,8 @@ from clip_helpers.models import build_random_clip
 from clip_helpers.quantize import LinearAttention, int8_image_tower, with_linear_attention, with_silu_mlps
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers.evaluation import validation_scores
 from clip_helpers.features import encode_images
+from clip_helpers.training.evaluation import validation_scores
 from clip_helpers.zeroshot import build_classifier, evaluate
 
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_helpers import downloads, rehearsal, reproduce
+from clip_helpers import downloads
+from clip_helpers.replication import rehearsal, reproduce
 from clip_helpers.data import caltech256, cifar10
 from clip_helpers.downloads import weights_file
 from clip_helpers.models import load_clip

@@ -1,11 +1,12 @@
-"""The report's listing (clip_helpers.report) runs, and its evaluateModel computes what we say it does."""
+"""The report's listing (clip_helpers.replication.report) runs, and its evaluateModel computes what we say it does."""
 import copy
 
 import clip
 import pytest
 import torch
 
-from clip_helpers import evaluation, report
+from clip_helpers.training import evaluation
+from clip_helpers.replication import report
 
 
 class FixedLogits(torch.nn.Module):

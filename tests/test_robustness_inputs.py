@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from clip_helpers import recipes
+from clip_helpers.training import recipes
 from clip_helpers.models import load_clip
 
 

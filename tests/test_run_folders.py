@@ -15,24 +15,35 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers import checkpoints, seeds, train
+from clip_helpers.training import checkpoints, seeds, loop as train
 from clip_helpers.models import load_clip
-from clip_helpers.batches import train_loader_for
-from clip_helpers.train import TrainConfig, fine_tune
+from clip_helpers.training.batches import train_loader_for
+from clip_helpers.training.config import RunFolder, TrainConfig
+from clip_helpers.training.loop import fine_tune
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 ROOT = Path(__file__).resolve().parent.parent
+
+RUN_FOLDER_FIELDS = ("run_dir", "resume", "overwrite", "run_settings")
+
+
+def split_settings(settings):
+    """(TrainConfig, RunFolder or None) of one dict of both's fields."""
+    run = {key: settings.pop(key) for key in RUN_FOLDER_FIELDS if key in settings}
+    return TrainConfig(**settings), RunFolder(**run) if run.get("run_dir") else None
 
 
 def config_for(run_dir, **overrides):
     settings = dict(class_names=CLASS_NAMES, templates=["a {}."], num_epochs=1, lr=1e-3, run_dir=str(run_dir),
                     progress=False)
-    return TrainConfig(**{**settings, **overrides})
+    return split_settings({**settings, **overrides})
 
 
-def run(model, tiny_data, config, batch_size=8):
+def run(model, tiny_data, config_and_folder, batch_size=8):
     train_set, val_set = tiny_data
-    return fine_tune(model, train_loader_for(train_set, batch_size, seed=config.seed), DataLoader(val_set, batch_size=8), config)
+    config, folder = config_and_folder
+    return fine_tune(model, train_loader_for(train_set, batch_size, seed=config.seed), DataLoader(val_set, batch_size=8), config,
+                     folder)
 
 
 @pytest.fixture
@@ -143,7 +154,7 @@ def test_resume_of_a_run_that_does_not_exist_says_so(mini, tiny_data, tmp_path, 
 @pytest.mark.slow
 def test_a_second_run_into_a_locked_folder_fails_at_once_naming_the_other_process(mini, tiny_data, tmp_path, steps):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom clip_helpers.checkpoints import lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom clip_helpers.training.checkpoints import lock\n"
          "held = lock(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(120)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

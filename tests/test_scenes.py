@@ -4,7 +4,7 @@ import pytest
 from clip.clip import _tokenizer
 
 from clip_helpers import scene_captions as captions
-from clip_helpers.scene_training import twin_batches
+from clip_helpers.training.scene_training import twin_batches
 from clip_helpers.scenes import (CANVAS, HELD_OUT, LEVELS, Thing, column, draw, mirrored, scene_pairs)
 
 
@@ -116,7 +116,7 @@ def test_pair_accuracy_is_the_share_of_images_closer_to_the_true_sentence():
     import torch
 
     from clip_helpers.models import build_random_clip, preprocess_for
-    from clip_helpers.scene_training import pair_accuracy, rendered_scenes
+    from clip_helpers.training.scene_training import pair_accuracy, rendered_scenes
     model = build_random_clip("mini", seed=0).eval()
     scenes = [scene for scene in scene_pairs(6, seed=4) if captions.relation_pairs(scene)]
     images = rendered_scenes(scenes, 4, preprocess_for(32))

@@ -10,10 +10,10 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from clip_helpers import distributed
+from clip_helpers.training import distributed
+from clip_helpers.training.gathering import distributed_siglip_loss
 from clip_helpers.models import build_random_clip
-from clip_helpers.siglip import (SIGLIP_BIAS, SigmoidLoss, distributed_siglip_loss, pair_signs, siglip_loss,
-                                 use_siglip_temperature)
+from clip_helpers.siglip import SIGLIP_BIAS, SigmoidLoss, pair_signs, siglip_loss, use_siglip_temperature
 
 LABELS = torch.tensor([0, 1, 2, 0, 1, 3])
 

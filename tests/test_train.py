@@ -1,30 +1,48 @@
 import copy
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers import checkpoints, evaluation, losses, optim, recipes, train
-from clip_helpers.batches import train_loader_for, val_loader_for
+from clip_helpers.training import checkpoints, evaluation, optim, recipes, loop as train
+from clip_helpers import losses
+from clip_helpers.training.batches import train_loader_for, val_loader_for
 from clip_helpers.device import make_scaler
 from clip_helpers.losses import clip_loss
 from clip_helpers.models import load_clip, preprocess_for
-from clip_helpers.recipes import SMOKE_RECIPE
-from clip_helpers.train import TrainConfig, fine_tune
+from clip_helpers.training.recipes import SMOKE_RECIPE
+from clip_helpers.training import processes
+from clip_helpers.training.config import RunFolder, TrainConfig
+from clip_helpers.training.loop import fine_tune
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
+ROOT = Path(__file__).resolve().parent.parent
+
+RUN_FOLDER_FIELDS = ("run_dir", "resume", "overwrite", "run_settings")
+
+
+def split_settings(settings):
+    """(TrainConfig, RunFolder or None) of one dict of both's fields."""
+    run = {key: settings.pop(key) for key in RUN_FOLDER_FIELDS if key in settings}
+    return TrainConfig(**settings), RunFolder(**run) if run.get("run_dir") else None
 
 
 def config_for(run_dir=None, **overrides):
     settings = dict(class_names=CLASS_NAMES, templates=["a {}.", "a photo of a {}."], num_epochs=2, lr=1e-3,
                     run_dir=str(run_dir) if run_dir else None, progress=False)
-    return TrainConfig(**{**settings, **overrides})
+    return split_settings({**settings, **overrides})
 
 
-def run(model, tiny_data, config):
+def run(model, tiny_data, config_and_folder):
     train_set, val_set = tiny_data
-    return fine_tune(model, train_loader_for(train_set, batch_size=8, seed=config.seed), DataLoader(val_set, batch_size=8), config)
+    config, folder = config_and_folder
+    return fine_tune(model, train_loader_for(train_set, batch_size=8, seed=config.seed), DataLoader(val_set, batch_size=8), config,
+                     folder)
 
 
 class CrashOnEpoch:
@@ -49,7 +67,7 @@ class CrashOnEpoch:
 def test_loss_goes_down_on_a_fixed_batch(mini, tiny_data):
     model = copy.deepcopy(mini).train()
     images, labels = tiny_data[0].tensors
-    config = config_for(lr=1e-3)
+    config, _ = config_for(lr=1e-3)
     optimizer = optim.make_optimizer(model, config)
     scaler = make_scaler("cpu", config.amp)
     texts = [CLASS_NAMES[label] for label in labels]
@@ -64,7 +82,7 @@ def test_resumed_run_matches_an_uninterrupted_one(mini, tiny_data, tmp_path):
     train_set, val_set = tiny_data
     crashing = CrashOnEpoch(train_loader_for(train_set, batch_size=8), epoch=2)
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(copy.deepcopy(mini), crashing, DataLoader(val_set, batch_size=8), config_for(tmp_path / "resumed"))
+        fine_tune(copy.deepcopy(mini), crashing, DataLoader(val_set, batch_size=8), *config_for(tmp_path / "resumed"))
     assert checkpoints.load_checkpoint(tmp_path / "resumed")["epoch"] == 1
     resumed_model = copy.deepcopy(mini)  # a fresh process would rebuild the model from scratch
     resumed = run(resumed_model, tiny_data, config_for(tmp_path / "resumed", resume=True))
@@ -92,7 +110,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(mini, t
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(train, "clip_loss", poisoned_clip_loss)
+    monkeypatch.setattr(processes, "clip_loss", poisoned_clip_loss)
     with pytest.raises(FloatingPointError, match=r"nan at epoch 2, step 2.*checkpoint.*epoch 1"):
         run(copy.deepcopy(mini), tiny_data, config_for(tmp_path))
     assert checkpoints.load_checkpoint(tmp_path)["epoch"] == 1
@@ -105,7 +123,7 @@ def test_logit_scale_is_clamped_to_ln_100(mini, tiny_data):
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
     images, labels = tiny_data[0].tensors
-    config = config_for()
+    config, _ = config_for()
     train.train_step(model, images[:8], labels[:8], [CLASS_NAMES[i] for i in labels[:8]],
                      optim.make_optimizer(model, config), make_scaler("cpu", None))
     assert model.logit_scale.item() == pytest.approx(math.log(100))
@@ -193,7 +211,7 @@ def one_step(mini, tiny_data, amp, scaler):
     """(loss, the gradients the optimiser used [flat], the model) after one train_step from mini's weights."""
     model = copy.deepcopy(mini).train()
     images, labels = tiny_data[0].tensors
-    optimizer = optim.make_optimizer(model, config_for(amp=amp))
+    optimizer = optim.make_optimizer(model, config_for(amp=amp)[0])
     loss = train.train_step(model, images[:8], labels[:8], [CLASS_NAMES[i] for i in labels[:8]], optimizer, scaler,
                             amp=amp)
     return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), model
@@ -248,7 +266,7 @@ def test_a_resumed_fp16_run_restores_the_scalers_scale_and_matches_an_uninterrup
     train_set, val_set = tiny_data
     crashing = CrashOnEpoch(train_loader_for(train_set, batch_size=8), epoch=2)
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(copy.deepcopy(mini), crashing, DataLoader(val_set, batch_size=8), config_for(tmp_path / "resumed", **config))
+        fine_tune(copy.deepcopy(mini), crashing, DataLoader(val_set, batch_size=8), *config_for(tmp_path / "resumed", **config))
     resumed = run(copy.deepcopy(mini), tiny_data, config_for(tmp_path / "resumed", resume=True, **config))
     assert checkpoints.load_checkpoint(tmp_path / "resumed")["scaler"]["scale"] == whole_scale
     for column in ["train_loss", "val_loss", "val_top1", "lr"]:
@@ -299,7 +317,7 @@ def test_history_gives_the_floor_of_the_training_batches_and_none_for_validation
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 0, 1, 2, 3])  # read in order: batches of 8 and 4
     train_set = TensorDataset(torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(3)), labels)
     history = fine_tune(copy.deepcopy(mini), DataLoader(train_set, batch_size=8),
-                        val_loader_for(train_set, batch_size=8), config_for(num_epochs=1))
+                        val_loader_for(train_set, batch_size=8), *config_for(num_epochs=1))
     first = (3 * math.log(3) + 2 * math.log(2) + 2 * math.log(2)) / 8  # sum over classes of k log k, per image
     assert history["train_loss_floor"].iloc[0] == pytest.approx((first + 0.0) / 2)  # the second batch: 4 classes
     assert history["train_loss"].iloc[0] > history["train_loss_floor"].iloc[0]
@@ -309,6 +327,38 @@ def test_history_gives_the_floor_of_the_training_batches_and_none_for_validation
 def test_extra_scores_are_measured_after_every_epoch(mini, tiny_data):
     train_set, val_set = tiny_data
     history = fine_tune(copy.deepcopy(mini), train_loader_for(train_set, batch_size=8),
-                        val_loader_for(val_set, batch_size=8), config_for(num_epochs=3),
+                        val_loader_for(val_set, batch_size=8), *config_for(num_epochs=3),
                         extra_scores=lambda model: {"scale": model.logit_scale.item()})
     assert len(history) == 3 and history["scale"].nunique() == 3  # the model moved: one value per epoch, not one copied
+
+
+# ---------------------------------------------------------------- one process: nothing distributed
+
+SINGLE_PROCESS_RUN = """
+import sys, torch
+from torch.utils.data import DataLoader, TensorDataset
+from clip_helpers.models import build_random_clip
+from clip_helpers.training.batches import train_loader_for
+from clip_helpers.training.config import RunFolder, TrainConfig
+from clip_helpers.training.loop import fine_tune
+data = TensorDataset(torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 4)
+config = TrainConfig(class_names=["red circle", "blue square", "green star", "yellow heart"], templates=["a {}."],
+                     num_epochs=1, lr=1e-3, amp=None, progress=False)
+history = fine_tune(build_random_clip("mini", seed=0), train_loader_for(data, 4), DataLoader(data, batch_size=4), config,
+                    RunFolder(sys.argv[1]))
+print(len(history), sorted(name for name in sys.modules if name.startswith("clip_helpers.training.")))
+"""
+
+
+def test_a_single_process_run_imports_nothing_distributed(tmp_path):
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    environment["PYTHONPATH"] = str(ROOT) + os.pathsep + environment.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", SINGLE_PROCESS_RUN, str(tmp_path / "run")], capture_output=True,
+                          text=True, env=environment, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    epochs, modules = done.stdout.strip().split(" ", 1)
+    assert epochs == "1" and (tmp_path / "run" / "checkpoint.pt").is_file()  # the run trained and saved
+    assert "clip_helpers.training.loop" in modules  # the check sees the training modules it imported
+    assert "clip_helpers.training.distributed" not in modules
+    assert "clip_helpers.training.gathering" not in modules

@@ -17,9 +17,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers import batches, finetune, recipes, reproduce, train
+from clip_helpers.training import batches, finetune, recipes, loop as train
+from clip_helpers.replication import reproduce
 from clip_helpers.models import build_random_clip
-from clip_helpers.train import TrainConfig, fine_tune
+from clip_helpers.training.config import FineTuneData, RunFolder, TrainConfig
+from clip_helpers.training.loop import fine_tune
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 LONG_NAME = "an extraordinarily long and winding class name of many words"  # > 16 tokens in "a photo of a {}."
@@ -31,8 +33,17 @@ def images_of(n, seed=0):
 
 
 def config_for(**overrides):
-    return TrainConfig(**{**dict(class_names=CLASS_NAMES, templates=["a photo of a {}."], num_epochs=1, lr=1e-3,
-                                 progress=False), **overrides})
+    return split_settings({**dict(class_names=CLASS_NAMES, templates=["a photo of a {}."], num_epochs=1, lr=1e-3,
+                                  progress=False), **overrides})
+
+RUN_FOLDER_FIELDS = ("run_dir", "resume", "overwrite", "run_settings")
+
+
+def split_settings(settings):
+    """(TrainConfig, RunFolder or None) of one dict of both's fields."""
+    run = {key: settings.pop(key) for key in RUN_FOLDER_FIELDS if key in settings}
+    return TrainConfig(**settings), RunFolder(**run) if run.get("run_dir") else None
+
 
 
 @pytest.fixture
@@ -58,7 +69,7 @@ def test_train_loader_for_never_yields_a_batch_of_one_image(size, batch_size):
 def test_the_mini_clip_trains_an_epoch_whose_last_batch_would_hold_one_image(mini):
     # 5 images in batches of 4 used to end with a batch of 1: BatchNorm's "Expected more than 1 value per channel".
     history = fine_tune(copy.deepcopy(mini), batches.train_loader_for(images_of(5), 4),
-                        DataLoader(images_of(4, seed=1), batch_size=4), config_for())
+                        DataLoader(images_of(4, seed=1), batch_size=4), *config_for())
     assert history["step"].tolist() == [1]
 
 
@@ -67,9 +78,9 @@ def test_a_loader_with_batches_of_one_image_is_refused_before_the_first_step(arc
     model = build_random_clip(architecture)
     val_loader = DataLoader(images_of(4, seed=1), batch_size=4)
     with pytest.raises(ValueError, match="batches hold one image.*batch size of at least 2"):
-        fine_tune(model, DataLoader(images_of(8), batch_size=1), val_loader, config_for())
+        fine_tune(model, DataLoader(images_of(8), batch_size=1), val_loader, *config_for())
     with pytest.raises(ValueError, match=r"last batch holds one image \(5 images in batches of 4\).*drop_last=True"):
-        fine_tune(model, DataLoader(images_of(5), batch_size=4, shuffle=True), val_loader, config_for())
+        fine_tune(model, DataLoader(images_of(5), batch_size=4, shuffle=True), val_loader, *config_for())
 
 
 @pytest.mark.parametrize("argv", [["--batch-size", "1"], ["--train-size", "1"]])
@@ -98,6 +109,13 @@ def test_reproduce_refuses_a_bad_argument_before_any_work(argv, message, tmp_pat
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+def fine_tune_on_settings(settings):
+    """fine_tune_on's (FineTuneData, TrainConfig, RunFolder) of one dict of their fields."""
+    data = {key: settings.pop(key) for key in list(settings) if key in FineTuneData.__dataclass_fields__}
+    run = {key: settings.pop(key) for key in RUN_FOLDER_FIELDS if key in settings}
+    return FineTuneData(**data), TrainConfig(**settings), RunFolder(run_dir=data["data_dir"], **run)
+
+
 @pytest.mark.parametrize("settings, message", [(dict(num_epochs=0), "num_epochs must be a whole number >= 1"),
                                                (dict(batch_size=1), "batch_size must be >= 2, not 1"),
                                                (dict(workers=-1), "workers must be a whole number >= 0"),
@@ -107,14 +125,15 @@ def test_fine_tune_on_refuses_bad_settings_before_loading_anything(settings, mes
         raise AssertionError("fine_tune_on loaded a model before checking its arguments")
     monkeypatch.setattr(recipes, "load_clip", must_not_run)
     with pytest.raises(ValueError, match=message):
-        recipes.fine_tune_on(model_name="mini", source="shapes", data_dir=str(tmp_path), device="cpu", **settings)
+        recipes.fine_tune_on(*fine_tune_on_settings(dict(model_name="mini", source="shapes", data_dir=str(tmp_path),
+                                                         device="cpu", **settings)))
     assert not (tmp_path / "runs").exists()
 
 
 def test_too_long_captions_agrees_with_clip_tokenize_at_the_boundary():
     import clip
 
-    from clip_helpers.settings import too_long_captions
+    from clip_helpers.training.settings import too_long_captions
     from clip_helpers.text import fill
     names = [" ".join(["cat"] * n) for n in range(8, 16)]  # "a photo of a cat ... cat." is n + 7 tokens
     for context_length in (16, 18):
@@ -131,7 +150,7 @@ def test_too_long_captions_agrees_with_clip_tokenize_at_the_boundary():
 @pytest.mark.parametrize("where", ["templates", "eval_templates"])
 def test_a_caption_longer_than_the_context_is_refused_before_the_first_step(where, mini, no_training_step):
     # Training captions used to fail at the first step; validation prompts only after the whole first epoch.
-    config = config_for(class_names=[*CLASS_NAMES[:3], LONG_NAME], **{"templates": ["{}"], where: ["a photo of a {}."]})
+    config, _ = config_for(class_names=[*CLASS_NAMES[:3], LONG_NAME], **{"templates": ["{}"], where: ["a photo of a {}."]})
     with pytest.raises(ValueError, match=rf"1 caption\(s\) .* context of 16 tokens .*'a photo of an {LONG_NAME}\.'"):
         fine_tune(copy.deepcopy(mini), batches.train_loader_for(images_of(8), 4),
                   DataLoader(images_of(4, seed=1), batch_size=4), config)
@@ -154,7 +173,7 @@ def test_the_command_line_refuses_a_folder_name_too_long_for_the_model_before_tr
 # ---------------------------------------------------------------- SIGTERM
 
 def test_sigterm_raises_a_keyboard_interrupt_inside_the_block_only():
-    from clip_helpers.interrupts import Terminated, exit_status, sigterm_raises
+    from clip_helpers.training.interrupts import Terminated, exit_status, sigterm_raises
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     with pytest.raises(KeyboardInterrupt) as stop:
         with sigterm_raises():
@@ -167,7 +186,7 @@ def test_sigterm_raises_a_keyboard_interrupt_inside_the_block_only():
 
 
 def test_sigterm_mid_run_names_the_last_checkpoint(mini, tmp_path):
-    from clip_helpers.interrupts import Terminated  # (on a kit without it, the SIGTERM below would end pytest)
+    from clip_helpers.training.interrupts import Terminated  # (on a kit without it, the SIGTERM below would end pytest)
 
     def terminated_in_epoch_2(model):
         if (tmp_path / "run" / "checkpoint.pt").is_file():
@@ -178,7 +197,7 @@ def test_sigterm_mid_run_names_the_last_checkpoint(mini, tmp_path):
                                          rf"{tmp_path / 'run' / 'checkpoint.pt'} \(epoch 1\).*resume=True"):
         fine_tune(copy.deepcopy(mini), batches.train_loader_for(images_of(4), 4),  # one step an epoch
                   DataLoader(images_of(4, seed=1), batch_size=4),
-                  config_for(num_epochs=3, run_dir=str(tmp_path / "run")), extra_scores=terminated_in_epoch_2)
+                  *config_for(num_epochs=3, run_dir=str(tmp_path / "run")), extra_scores=terminated_in_epoch_2)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
@@ -188,7 +207,7 @@ def test_the_command_line_sent_sigterm_mid_epoch_says_how_to_resume(tmp_path):
     argv = ["--model", "mini", "--dataset", "shapes", "--epochs", "100000", "--batch-size", "8", "--train-size", "64",
             "--val-size", "8", "--run", "term", "--data-dir", str(tmp_path), "--device", "cpu", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-m", "clip_helpers.finetune", *argv], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "clip_helpers.training.finetune", *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -202,4 +221,4 @@ def test_the_command_line_sent_sigterm_mid_epoch_says_how_to_resume(tmp_path):
     assert process.returncode == 143 and "Traceback" not in err, err
     assert "Stopped by SIGTERM." in err and f"The last good checkpoint is {checkpoint} (epoch" in err
     command = shlex.split(err.split("Resume with:")[1].strip().splitlines()[0])
-    assert command[:3] == [sys.executable, "-m", "clip_helpers.finetune"] and command[-1] == "--resume"
+    assert command[:3] == [sys.executable, "-m", "clip_helpers.training.finetune"] and command[-1] == "--resume"

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clip_helpers import recipes
+from clip_helpers.training import recipes
 from clip_helpers.models import build_random_clip, preprocess_for
-from clip_helpers.scene_training import cosine_spread, distractor_accuracies, scene_scores, test_scenes
+from clip_helpers.training.scene_training import cosine_spread, distractor_accuracies, scene_scores, test_scenes
 
 TEST_SEED = 5000  # scenes for scoring, drawn from a seed no training split uses
 

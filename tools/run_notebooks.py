@@ -162,7 +162,7 @@ def profile_problem(executed, profile, reason):
 def parsed_args(argv):
     """The command line, checked before any notebook runs."""
     from clip_helpers.profiles import PROFILES
-    from clip_helpers.rehearsal import DEFAULT_ROOT
+    from clip_helpers.replication.rehearsal import DEFAULT_ROOT
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="auto",
@@ -175,7 +175,7 @@ def parsed_args(argv):
     parser.add_argument("--notebooks", default=str(ROOT / "notebooks"), help="folder of NN_*.ipynb")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     parser.add_argument("--rehearsal", action="store_true",
-                        help="run on the stand-ins in --data-dir (clip_helpers.rehearsal; built there if missing), "
+                        help="run on the stand-ins in --data-dir (clip_helpers.replication.rehearsal; built there if missing), "
                              "checksums skipped; every output says it is a rehearsal")
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or (DEFAULT_ROOT if args.rehearsal else "data")  # stand-ins never go in data/
@@ -198,7 +198,8 @@ def parsed_args(argv):
 
 
 def main(argv=None):
-    from clip_helpers import downloads, rehearsal
+    from clip_helpers import downloads
+    from clip_helpers.replication import rehearsal
     from clip_helpers.profiles import get_profile
 
     parser, args = parsed_args(argv)
@@ -227,7 +228,7 @@ def main(argv=None):
 
 def run_all(paths, out_dir, parameters, profile, progress, banner):
     """Run each notebook, check it ran `profile`, print the summary; the exit status (1 if any failed)."""
-    from clip_helpers import rehearsal
+    from clip_helpers.replication import rehearsal
 
     rows, failures, start = [], [], time.time()
     for i, path in enumerate(paths, start=1):

@@ -2,16 +2,16 @@
 
 A bad setting found when it is first used costs everything done before it: `reproduce --epochs 0` used to
 fail after Fig 12, zero-shot and the probe had run, and a class name too long for the model's context
-after the model and the data had loaded. So the command lines (finetune, reproduce) check every argument
-at parse time, recipes.fine_tune_on before it loads anything, and train.fine_tune every caption's token
-length before its first step, all with the functions below.
+after the model and the data had loaded. So every value is checked here, by the functions below: when a
+TrainConfig, RunFolder or FineTuneData (clip_helpers.training.config) is made, by the command lines (finetune,
+reproduce) at parse time, and every caption's token length by fine_tune before its first step.
 """
 import argparse
 import math
 
 import clip
 
-from .text import fill
+from ..text import fill
 
 
 class SettingsError(ValueError):
@@ -28,16 +28,46 @@ def whole_number_problem(name: str, value, minimum: int, optional: bool = False)
     return None
 
 
-def fine_tune_problems(*, num_epochs=1, batch_size=2, lr=None, train_size=None, val_size=None,
-                       workers=0, resume=False, overwrite=False) -> list[str]:
-    """What is wrong with fine-tuning arguments, in words (an empty list: nothing), before anything is loaded.
+def number_problem(name: str, value, minimum: float = 0, strict: bool = True, optional: str = "") -> str | None:
+    """What is wrong with `value` as a finite number > minimum (>= when not strict), or None; `optional`: what None means."""
+    if optional and value is None:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if number and (value > minimum if strict else value >= minimum):
+        return None
+    return f"{name} must be a finite number {'>' if strict else '>='} {minimum}, not {value!r}" + \
+        (f" (or None: {optional})" if optional else "")
+
+
+def config_problems(config) -> list[str]:
+    """What is wrong with a TrainConfig's hyperparameters: a zero lr or no epochs would train nothing, silently."""
+    problems = [whole_number_problem("num_epochs", config.num_epochs, 1),
+                *(number_problem(name, getattr(config, name)) for name in ("lr", "eps", "grad_clip")),
+                number_problem("weight_decay", config.weight_decay, strict=False)]
+    if not (isinstance(config.warmup_fraction, (int, float)) and 0 <= config.warmup_fraction < 1):
+        problems.append(f"warmup_fraction must be in [0, 1), not {config.warmup_fraction!r}")
+    if config.amp not in ("auto", None, "bfloat16", "float16"):
+        problems.append(f"amp must be 'auto', None, 'bfloat16' or 'float16', not {config.amp!r}")
+    return [problem for problem in problems if problem]
+
+
+def run_folder_problems(resume, overwrite) -> list[str]:
+    """What is wrong with how a run folder is to be used."""
+    if resume not in (False, True, "auto"):
+        return [f"resume must be False, True or 'auto', not {resume!r}"]
+    if resume and overwrite:
+        return ["resume and overwrite ask for opposite things; choose one"]
+    return []
+
+
+def data_problems(batch_size=2, train_size=None, val_size=None, workers=0) -> list[str]:
+    """What is wrong with the sizes of a fine-tuning run's batches and splits.
 
     batch_size 1 (and a training set of one image) cannot work: a contrastive batch of one pair has no
     negatives (its loss is 0 whatever the model does), and a model with BatchNorm (the mini-CLIP's ResNet
     tower) cannot even run a training step on it.
     """
-    problems = [whole_number_problem("num_epochs", num_epochs, 1),
-                None if batch_size == 1 else whole_number_problem("batch_size", batch_size, 2),
+    problems = [None if batch_size == 1 else whole_number_problem("batch_size", batch_size, 2),
                 whole_number_problem("train_size", train_size, 1, optional=True),
                 whole_number_problem("val_size", val_size, 1, optional=True),
                 whole_number_problem("workers", workers, 0)]
@@ -46,19 +76,17 @@ def fine_tune_problems(*, num_epochs=1, batch_size=2, lr=None, train_size=None, 
                         "loss, and BatchNorm cannot train on it")
     if train_size == 1:
         problems.append("train_size 1 makes one batch of one image, which cannot train: use train_size >= 2")
-    number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
-    if lr is not None and not (number and math.isfinite(lr) and lr > 0):
-        problems.append(f"lr must be a finite number > 0, not {lr!r} (or None: the model's default)")
-    if resume and overwrite:
-        problems.append("resume and overwrite ask for opposite things; choose one")
     return [problem for problem in problems if problem]
 
 
-def check_fine_tune_settings(**settings) -> None:
-    """Raise SettingsError listing every problem fine_tune_problems(**settings) finds."""
-    problems = fine_tune_problems(**settings)
-    if problems:
-        raise SettingsError(f"{'; '.join(problems)}.")
+def fine_tune_problems(*, num_epochs=1, batch_size=2, lr=None, train_size=None, val_size=None,
+                       workers=0, resume=False, overwrite=False) -> list[str]:
+    """Every problem of a command line's fine-tuning options, in words (an empty list: nothing), at parse time."""
+    problems = [whole_number_problem("num_epochs", num_epochs, 1),
+                number_problem("lr", lr, optional="the model's default"),
+                *data_problems(batch_size, train_size, val_size, workers),
+                *run_folder_problems(resume, overwrite)]
+    return [problem for problem in problems if problem]
 
 
 def too_long_captions(class_names, templates, context_length: int) -> list[str]:

@@ -1,7 +1,7 @@
 """Stopping a run from outside: Ctrl-C, and SIGTERM, which `timeout`, job schedulers (Slurm, Kubernetes) and
 torchrun send. Ctrl-C raises KeyboardInterrupt; SIGTERM, by default, ends a Python process at once and without
 a word. Inside sigterm_raises it raises Terminated, a KeyboardInterrupt, so that the handlers which say where
-the checkpoint is and how to resume (train.fine_tune, the finetune and reproduce command lines) serve both.
+the checkpoint is and how to resume (loop.fine_tune, the finetune and reproduce command lines) serve both.
 """
 import signal
 import threading

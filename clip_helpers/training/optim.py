@@ -14,7 +14,7 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, config) -> torch.optim.AdamW:
-    """AdamW with config's lr, weight_decay, betas and eps (config: a train.TrainConfig)."""
+    """AdamW with config's lr, weight_decay, betas and eps (config: a config.TrainConfig)."""
     # The fused kernel updates every tensor in one pass instead of looping over them (see the README's benchmark).
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,

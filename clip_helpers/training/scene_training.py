@@ -11,15 +11,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .device import make_scaler
-from .losses import clip_loss, loss_floor
+from ..device import make_scaler
+from ..losses import clip_loss, loss_floor
 from .optim import make_optimizer, make_scheduler
-from .scene_captions import binding_test, captions_for, labels_of, order_test, relation_pairs, size_test
-from .scenes import draw, scene_pairs
+from ..scene_captions import binding_test, captions_for, labels_of, order_test, relation_pairs, size_test
+from ..scenes import draw, scene_pairs
 from .seeds import epoch_seed, seed_everything
-from .similarity import normalize
-from .text import encode_texts
-from .train import train_step
+from ..similarity import normalize
+from ..text import encode_texts
+from .step import train_step
 
 
 def rendered_scenes(scenes, seed: int, transform) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""Command line for the kit's fine-tuning loop: clip_helpers.recipes.fine_tune_on, which `make reproduce` calls too.
+"""Command line for the kit's fine-tuning loop: clip_helpers.training.recipes.fine_tune_on, which `make reproduce` calls too.
 
-    python -m clip_helpers.finetune --model ViT-B/32 --dataset caltech256 --epochs 5 --batch-size 32
-    python -m clip_helpers.finetune --model mini --dataset shapes --epochs 3 --batch-size 64   # offline
-    python -m clip_helpers.finetune --model ViT-B/32 --dataset my_photos/   # a folder, one sub-folder per class
-    torchrun --standalone --nproc_per_node 4 -m clip_helpers.finetune --batch-size 256 ...   # 4 GPUs, one run
+    python -m clip_helpers.training.finetune --model ViT-B/32 --dataset caltech256 --epochs 5 --batch-size 32
+    python -m clip_helpers.training.finetune --model mini --dataset shapes --epochs 3 --batch-size 64   # offline
+    python -m clip_helpers.training.finetune --model ViT-B/32 --dataset my_photos/   # a folder, one sub-folder per class
+    torchrun --standalone --nproc_per_node 4 -m clip_helpers.training.finetune --batch-size 256 ...   # 4 GPUs, one run
 
 Prints the history and writes it as history.csv in the run folder (<data-dir>/runs/<run>/), beside the
 checkpoint that --resume continues from. A run folder holds one run: a new run into it is refused unless
@@ -15,13 +15,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import distributed
+from . import processes
 from .checkpoints import RunFolderError
-from .device import PRECISIONS, get_device, precision_name
+from ..device import PRECISIONS, get_device, precision_amp, precision_name
 from .interrupts import exit_status, sigterm_raises, stopped
-from .recipes import default_run, fine_tune_on
+from .config import FineTuneData, RunFolder, TrainConfig
+from .recipes import default_lr, default_run, fine_tune_on
 from .settings import SettingsError, at_least, fine_tune_problems, positive_float
-from .sources import KIT_PREFIX, SOURCES, registry_name
+from ..sources import KIT_PREFIX, SOURCES, registry_name
 
 
 def source_or_folder(text: str) -> str:
@@ -35,7 +36,7 @@ def source_or_folder(text: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clip_helpers.finetune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clip_helpers.training.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ViT-B/32", help="a clip model name, 'mini', or a checkpoint file")
     parser.add_argument("--dataset", default="caltech256", type=source_or_folder,
                         help=f"one of {', '.join(SOURCES)} ({KIT_PREFIX}NAME if a folder here has that name), or "
@@ -73,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def resume_command(argv):
     """The command line that continues the run `argv` started."""
     kept = [arg for arg in argv if arg != "--overwrite"]
-    return shlex.join([sys.executable, "-m", "clip_helpers.finetune", *kept,
+    return shlex.join([sys.executable, "-m", "clip_helpers.training.finetune", *kept,
                        *([] if "--resume" in kept else ["--resume"])])
 
 
@@ -85,30 +86,36 @@ def main(argv=None):
         with sigterm_raises():  # `timeout` and schedulers stop a run with SIGTERM: say what Ctrl-C would
             return fine_tune_and_print(args, argv, run)
     finally:
-        distributed.cleanup()  # leave torchrun's process group, if fine_tune_on joined one
+        processes.leave()  # leave torchrun's process group, if fine_tune_on joined one
+
+
+def settings_of(args, run: str) -> tuple[FineTuneData, TrainConfig, RunFolder]:
+    """The command line's options as fine_tune_on's three objects (already checked by parse_args)."""
+    data = FineTuneData(model_name=args.model, source=args.dataset, batch_size=args.batch_size,
+                        train_size=args.train_size, val_size=args.val_size, workers=args.workers,
+                        data_dir=args.data_dir, device=args.device)
+    config = TrainConfig(num_epochs=args.epochs, lr=default_lr(args.model) if args.lr is None else args.lr,
+                         int8_eval=args.int8_eval, amp=precision_amp(args.precision), progress=not args.no_progress)
+    return data, config, RunFolder(Path(args.data_dir) / "runs" / run, resume=args.resume, overwrite=args.overwrite)
 
 
 def fine_tune_and_print(args, argv, run):
     try:
-        _, history = fine_tune_on(model_name=args.model, source=args.dataset, num_epochs=args.epochs,
-                                  batch_size=args.batch_size, lr=args.lr, train_size=args.train_size,
-                                  val_size=args.val_size, run=run, resume=args.resume, device=args.device,
-                                  data_dir=args.data_dir, workers=args.workers, progress=not args.no_progress,
-                                  int8_eval=args.int8_eval, overwrite=args.overwrite, precision=args.precision)
+        _, history = fine_tune_on(*settings_of(args, run))
     except KeyboardInterrupt as interrupt:
         # A bare traceback would hide the one thing the user needs: how to continue.
         checkpoint = Path(args.data_dir) / "runs" / run / "checkpoint.pt"
         next_step = (f"Resume with:\n    {resume_command(argv)}" if checkpoint.is_file() else
                      "No checkpoint to resume from; start again with the same command (nothing finished to lose).")
-        if distributed.world_size() > 1 and checkpoint.is_file():
+        if processes.several_processes() and checkpoint.is_file():
             next_step = "Resume with the same torchrun command, adding --resume."
-        if distributed.is_main():
+        if processes.is_main():
             print(f"\n{interrupt or stopped(interrupt)}\n{next_step}", file=sys.stderr)
         raise SystemExit(exit_status(interrupt)) from None
     except (RunFolderError, SettingsError) as error:  # a refusal that says what to do: a traceback would bury that
         # every process raises it; one message is enough
-        raise SystemExit(f"python -m clip_helpers.finetune: error: {error}" if distributed.is_main() else 1) from None
-    if distributed.is_main():
+        raise SystemExit(f"python -m clip_helpers.training.finetune: error: {error}" if processes.is_main() else 1) from None
+    if processes.is_main():
         ran = precision_name(args.device or get_device(), args.precision)
         print(f"precision: {ran} (--precision {args.precision})"
               + (", validation images through an int8 image tower" if args.int8_eval else ""))

@@ -28,8 +28,8 @@ the last chunk's backward in DDP's no_sync (not done here: the kit's training lo
 import torch
 from torch import nn
 
-from .distributed import clip_features, unwrap
-from .losses import clip_loss
+from ..losses import clip_loss
+from .step import clip_features
 
 
 def chunk_slices(batch_size: int, num_chunks: int) -> list[slice]:
@@ -83,7 +83,7 @@ def grad_cache_backward(model: nn.Module, images: torch.Tensor, texts: list[str]
                         num_chunks: int = 2, loss_of=clip_loss, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The loss of the whole batch (detached), its gradient left in every parameter's .grad (added to what is there).
 
-    `model`: a CLIP model (or CLIPFeatures). `loss_of(image_features, text_features, logit_scale, labels)`:
+    `model`: a CLIP model. `loss_of(image_features, text_features, logit_scale, labels)`:
     clip_loss, siglip.SigmoidLoss(), ... on the whole batch; parameters of the loss itself (SigLIP's bias)
     get their gradient too. `logit_scale`: the multiplier, by default the model's logit_scale.exp().
     The result equals loss.backward() on one pass over the batch (see the module docstring for BatchNorm).
@@ -96,7 +96,7 @@ def grad_cache_backward(model: nn.Module, images: torch.Tensor, texts: list[str]
     image_cache.requires_grad_(True)
     text_cache.requires_grad_(True)
     if logit_scale is None:
-        logit_scale = unwrap(model).logit_scale.exp()
+        logit_scale = model.logit_scale.exp()
     loss = loss_of(image_cache, text_cache, logit_scale, labels)
     loss.backward()  # gradients of the features (cached) and of logit_scale and the loss's own parameters (final)
     device = images.device
@@ -117,7 +117,7 @@ def naive_accumulation_backward(model: nn.Module, images: torch.Tensor, texts: l
     for part in slices:
         image_features, text_features = encode_pairs(model, images[part], list(texts)[part])
         chunk_labels = None if labels is None else torch.as_tensor(labels)[part]
-        loss = loss_of(image_features, text_features, unwrap(model).logit_scale.exp(), chunk_labels) / len(slices)
+        loss = loss_of(image_features, text_features, model.logit_scale.exp(), chunk_labels) / len(slices)
         loss.backward()
         total += loss.detach()
     return total

@@ -7,7 +7,7 @@ with "kit:" below:
 - script-level code is wrapped in functions so it can be imported (same statements, in the same order);
 - `preprocess` and `dataDir`, globals in the report, are arguments; the unused Hugging Face
   CLIPModel/CLIPProcessor loading and the install cells are left out.
-Do not "fix" anything else here; the kit's versions live in clip_helpers.train.
+Do not "fix" anything else here; the kit's versions live in clip_helpers.training.loop.
 """
 import os
 import random

@@ -9,16 +9,16 @@ validation curves show that floor, not learning. Batches of distinct classes hav
 """
 import math
 from functools import partial
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
-from .data import targets_of
-from .distributed import SINGLE, Processes
+from ..data import targets_of
 from .seeds import epoch_seed
-from .settings import SettingsError
+from .settings import SettingsError, data_problems
 
 
 def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> DataLoader:
@@ -27,9 +27,9 @@ def train_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int =
     A last batch of a single image is dropped (another image each epoch, since the order is shuffled): one
     pair has no negatives, so its loss is 0, and BatchNorm (the mini-CLIP's ResNet) cannot train on it.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-        raise SettingsError(f"batch_size must be a whole number >= 2, not {batch_size!r}: a batch of one image has "
-                            f"no negatives for the contrastive loss, and BatchNorm cannot train on it.")
+    problems = data_problems(batch_size=batch_size)
+    if problems:
+        raise SettingsError(f"{'; '.join(problems)}.")
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), drop_last=len(dataset) % batch_size == 1)
 
@@ -74,7 +74,7 @@ def check_loaders(model, train_loader, val_loader, world_size: int = 1) -> None:
         raise SettingsError(f"train_loader's batches hold one image{' per process' if world_size > 1 else ''}, and "
                             f"{why}: use a batch size of at least {2 * world_size}.")
     raise SettingsError(f"train_loader's last batch holds one image ({dataset_size(train_loader)} images in batches of "
-                        f"{batch_size}), and {why}. Build it with clip_helpers.batches.train_loader_for, which drops "
+                        f"{batch_size}), and {why}. Build it with clip_helpers.training.batches.train_loader_for, which drops "
                         f"such a batch, pass drop_last=True, or choose another batch size.")
 
 
@@ -106,6 +106,9 @@ def val_loader_for(dataset, batch_size: int, seed: int = 0, num_workers: int = 0
 
 
 # ---------------------------------------------------------------- several processes (torchrun)
+
+ONE = SimpleNamespace(rank=0, world_size=1)  # where a process stands when it is the only one
+
 
 def local_batch_size(batch_size: int, world_size: int) -> int:
     """Each process's share of a global batch of `batch_size`; refuses a batch that does not split evenly."""
@@ -148,9 +151,12 @@ class ShardedSampler(DistributedSampler):
             yield from order[start:start + self.local_batch_size].tolist()
 
 
-def sharded_train_loader(dataset: Dataset, batch_size: int, processes: Processes = SINGLE, seed: int = 0,
+def sharded_train_loader(dataset: Dataset, batch_size: int, processes=None, seed: int = 0,
                          num_workers: int = 0) -> DataLoader:
-    """This process's loader for a global batch of `batch_size` (fine_tune calls its sampler's set_epoch)."""
+    """This process's loader for a global batch of `batch_size` (fine_tune calls its sampler's set_epoch).
+
+    `processes`: distributed.Processes (rank and world_size); None: one process."""
+    processes = processes or ONE
     local = local_batch_size(batch_size, processes.world_size)
     sampler = ShardedSampler(dataset, local, processes.world_size, processes.rank, seed=seed)
     return DataLoader(dataset, batch_size=local, sampler=sampler, num_workers=num_workers)
@@ -158,12 +164,12 @@ def sharded_train_loader(dataset: Dataset, batch_size: int, processes: Processes
 
 def single_process_order(size: int, seed: int, epoch: int) -> torch.Tensor:
     """The order in which one process reads train_loader_for's loader in epoch `epoch` of fine_tune:
-    a DataLoader whose generator train.reseed_sampler seeds (it draws a base seed from it, then shuffles)."""
+    a DataLoader whose generator loop.reseed_sampler seeds (it draws a base seed from it, then shuffles)."""
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return next(iter(DataLoader(range(size), batch_size=size, shuffle=True, generator=generator)))
 
 
-def shard(loader: DataLoader, processes: Processes, seed: int) -> DataLoader:
+def shard(loader: DataLoader, processes, seed: int) -> DataLoader:
     """This process's part of a training loader of global batches (the loader itself in one process).
 
     A DataLoader with shuffle=True or False (train_loader_for's) becomes a loader of the same dataset
@@ -177,7 +183,7 @@ def shard(loader: DataLoader, processes: Processes, seed: int) -> DataLoader:
             or loader.batch_size is None:
         raise ValueError(f"fine_tune on several processes splits a DataLoader made with a batch_size and shuffle=True "
                          f"or False (train_loader_for); this one draws with a {type(sampler).__name__}. Build it "
-                         f"with clip_helpers.batches.sharded_train_loader(dataset, batch_size, processes).")
+                         f"with clip_helpers.training.batches.sharded_train_loader(dataset, batch_size, processes).")
     local = local_batch_size(loader.batch_size, processes.world_size)
     shuffle = isinstance(sampler, RandomSampler)
     sampler = ShardedSampler(loader.dataset, local, processes.world_size, processes.rank, shuffle=shuffle, seed=seed,

@@ -3,6 +3,7 @@ fine-tuning a named model on a named source (the command line's and `make reprod
 import hashlib
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -10,19 +11,19 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .batches import train_loader_for, val_loader_for
-from .data import random_subset, split
-from .device import get_device, precision_amp
-from .distributed import init_from_env
+from ..data import random_subset, split
+from ..device import get_device
 from .evaluation import validation_scores
-from .files import save_atomically
-from .main_process import main_first
-from .models import build_random_clip, load_clip, preprocess_for
+from ..files import save_atomically
+from ..models import build_random_clip, load_clip, preprocess_for
+from .config import FineTuneData, RunFolder, TrainConfig
+from .processes import processes_from_env
+from .settings import SettingsError, data_problems
 from .scene_training import fit_scenes, scene_scores, scene_splits
-from .settings import SettingsError, check_fine_tune_settings, whole_number_problem
-from .shapes import SHAPES_TEMPLATES, ShapesDataset
-from .sources import open_source, source_name
-from .train import TrainConfig, fine_tune
-from .zeroshot import build_classifier
+from ..shapes import SHAPES_TEMPLATES, ShapesDataset
+from ..sources import open_source, source_name
+from .loop import fine_tune
+from ..zeroshot import build_classifier
 
 # The mini-CLIP's recipe: one shape per image (clip_helpers.shapes), captioned with SHAPES_TEMPLATES (its accuracy
 # and time: the README and notebook 08 print them).
@@ -152,17 +153,12 @@ def load_model(model_name: str, data_dir="data", device=None, mini_recipe: str =
     return model, preprocess, None
 
 
-def check_size(name: str, size) -> None:
-    problem = whole_number_problem(name, size, 1, optional=True)
-    if problem:
-        raise SettingsError(f"{problem}.")
-
-
 def train_and_val_sets(source: str, preprocess, data_dir, train_size: int | None, val_size: int | None, seed: int = 0):
     """(train, val, opened source): the official split where there is one (CIFAR-10: validate on its test set),
     else a stratified 80/20 split of the pool (the report validated on training rows); then random subsets."""
-    check_size("train_size", train_size)
-    check_size("val_size", val_size)
+    problems = data_problems(train_size=train_size, val_size=val_size)
+    if problems:
+        raise SettingsError(f"{'; '.join(problems)}.")
     opened = open_source(source, "train", data_dir=data_dir, transform=preprocess, seed=seed)
     if opened.has_test_split:
         train, val = opened.dataset, open_source(source, "test", data_dir=data_dir, transform=preprocess).dataset
@@ -180,41 +176,35 @@ def default_lr(model_name: str) -> float:
     return MINI_RECIPE["lr"] if model_name == "mini" else 1e-5
 
 
-def fine_tune_on(*, model_name: str = "ViT-B/32", source: str = "caltech256", num_epochs: int = 5,
-                 batch_size: int = 32, lr: float | None = None, train_size: int | None = 5000,
-                 val_size: int | None = 1000, run: str | None = None, resume: bool | str = False, device=None,
-                 data_dir="data", workers: int = 0, progress: bool = True, int8_eval: bool = False,
-                 overwrite: bool = False, precision: str = "auto") -> tuple[torch.nn.Module, pd.DataFrame]:
-    """(model, history): load `model_name`, fine-tune it on `source` (a name or a folder) with the kit's loop.
+def fine_tune_on(data: FineTuneData = FineTuneData(), config: TrainConfig | None = None,
+                 run_folder: RunFolder | None = None, run: str | None = None) -> tuple[torch.nn.Module, pd.DataFrame]:
+    """(model, history): load data.model_name, fine-tune it on data.source (a name or a folder) with the kit's loop.
 
     The defaults follow the report (ViT-B/32, Caltech-256, ~5000 training and 1000 validation images).
-    lr defaults to 1e-5 for pretrained weights and to MINI_RECIPE's for the from-scratch "mini" model.
-    int8_eval validates with an int8 copy of a ViT image tower: faster on a CPU, not exact.
-    resume: True continues the run (refused when there is none), "auto" continues it if there is one;
-    overwrite=True lets a new run replace the one in the run folder. precision ("auto", "fp32", "bf16",
-    "fp16") is the autocast of training and validation (device.precision_amp).
-    Under torchrun each process takes its share of every global batch of `batch_size` (see fine_tune).
-    Every argument is checked before anything is loaded (settings.fine_tune_problems), every caption's length
-    once the model and the class names are known, before the first step (fine_tune).
+    config: the hyperparameters; its class_names None (the default) takes the source's class names, training
+    templates and prompts. None: TrainConfig() with lr 1e-5 for pretrained weights, MINI_RECIPE's for "mini".
+    run_folder: where the checkpoints go; None: <data_dir>/runs/<run>/ (run: default_run's name), a new run.
+    Under torchrun each process takes its share of every global batch of data.batch_size (see fine_tune).
+    Every setting is checked when its object is made (settings), every caption's length once the model and the
+    class names are known, before the first step (fine_tune); nothing is loaded before.
     """
-    check_fine_tune_settings(num_epochs=num_epochs, batch_size=batch_size, lr=lr, train_size=train_size,
-                             val_size=val_size, workers=workers, resume=resume, overwrite=overwrite)
-    device = device or get_device()
-    processes = init_from_env(device)  # under torchrun: joins its processes, one GPU each
-    if processes.world_size > 1:
-        device = processes.device
+    config = config or TrainConfig(lr=default_lr(data.model_name))
+    run_folder = run_folder or RunFolder(Path(data.data_dir) / "runs" / (run or default_run(data.model_name,
+                                                                                          data.source)))
+    run_folder = replace(run_folder, run_settings={"model": data.model_name, "dataset": data.source,
+                                                   **(run_folder.run_settings or {})})
+    processes = processes_from_env(data.device or get_device())  # under torchrun: joins its processes, one GPU each
+    device = processes.device
     # Downloads and caches are written by the main process first, then read by the others.
-    model, preprocess = main_first(processes, load_clip, model_name, device=device,
-                                   download_root=str(Path(data_dir) / "weights"))
-    train, val, opened = main_first(processes, train_and_val_sets, source, preprocess, data_dir, train_size, val_size)
-    run = run or default_run(model_name, source)
-    config = TrainConfig(class_names=opened.class_names, templates=opened.train_templates,
-                         eval_templates=opened.templates, num_epochs=num_epochs,
-                         lr=default_lr(model_name) if lr is None else lr,
-                         run_dir=str(Path(data_dir) / "runs" / run), resume=resume, overwrite=overwrite,
-                         run_settings={"model": model_name, "dataset": source}, progress=progress,
-                         int8_eval=int8_eval, amp=precision_amp(precision))
+    model, preprocess = processes.main_first(load_clip, data.model_name, device=device,
+                                             download_root=str(Path(data.data_dir) / "weights"))
+    train, val, opened = processes.main_first(train_and_val_sets, data.source, preprocess, data.data_dir,
+                                              data.train_size, data.val_size)
+    if config.class_names is None:
+        config = replace(config, class_names=opened.class_names, templates=opened.train_templates,
+                         eval_templates=opened.templates)
     pin = str(device).startswith("cuda")
-    history = fine_tune(model, train_loader_for(train, batch_size, config.seed, workers),
-                        val_loader_for(val, batch_size, config.seed, workers, pin_memory=pin), config)
+    history = fine_tune(model, train_loader_for(train, data.batch_size, config.seed, data.workers),
+                        val_loader_for(val, data.batch_size, config.seed, data.workers, pin_memory=pin), config,
+                        run_folder)
     return model, history

@@ -24,10 +24,10 @@ from clip.model import convert_weights
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from .downloads import weights_file
-from .files import write_text_atomically
-from .models import build_random_clip
-from .shapes import COLOURS, SHAPES, draw_shape
+from ..downloads import weights_file
+from ..files import write_text_atomically
+from ..models import build_random_clip
+from ..shapes import COLOURS, SHAPES, draw_shape
 
 BANNER = ("REHEARSAL on stand-ins: a randomly initialised ViT-B/32 and procedural images in the downloads' formats. "
           "Its numbers mean nothing; it only shows that every step of the online path runs.")
@@ -174,7 +174,7 @@ def own_folder(root) -> Path:
         raise refusal(root, f"it holds {', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''} and no "
                             f"{OWNER_MARKER}, so the rehearsal did not make it")
     root.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(root / OWNER_MARKER, json.dumps({"made_by": "clip_helpers.rehearsal", "note": BANNER}))
+    write_text_atomically(root / OWNER_MARKER, json.dumps({"made_by": "clip_helpers.replication.rehearsal", "note": BANNER}))
     return root
 
 
@@ -199,7 +199,7 @@ def build(root=DEFAULT_ROOT, sizes: str | None = None, seed: int = 0) -> Path:
     weights = weights_file("ViT-B/32", root / "weights")
     if not weights.is_file():
         write_weights(weights, seed)
-    (root / "README.md").write_text(f"Stand-ins written by clip_helpers.rehearsal, not real data.\n\n{BANNER}\n")
+    (root / "README.md").write_text(f"Stand-ins written by clip_helpers.replication.rehearsal, not real data.\n\n{BANNER}\n")
     marker.write_text(json.dumps(config))
     return root
 
@@ -239,7 +239,7 @@ def main(argv=None) -> None:
     import argparse
     import shutil
 
-    parser = argparse.ArgumentParser(prog="python -m clip_helpers.rehearsal", description="Write the rehearsal's stand-ins.")
+    parser = argparse.ArgumentParser(prog="python -m clip_helpers.replication.rehearsal", description="Write the rehearsal's stand-ins.")
     parser.add_argument("--root", default=DEFAULT_ROOT,
                         help=f"a folder of the rehearsal's own (default {DEFAULT_ROOT}); one it did not make is refused")
     parser.add_argument("--sizes", choices=list(SIZES), default="rehearse")

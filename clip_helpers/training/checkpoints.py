@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .files import save_atomically, sha256_of, write_text_atomically
+from ..files import save_atomically, sha256_of, write_text_atomically
 from .seeds import rng_states
 
 try:
@@ -63,20 +63,20 @@ def non_finite(model, optimizer, row):
     return found
 
 
-def save_checkpoint(run_dir, epoch, model, optimizer, scheduler, scaler, history, config=None):
-    """Save epoch `epoch` into `run_dir`: model.pt first, then checkpoint.pt (which records model.pt's sha256).
+def save_checkpoint(run_dir, epoch, state, history, config=None):
+    """Save epoch `epoch` of `state` (a state.TrainingState) into `run_dir`: model.pt first, then checkpoint.pt
+    (which records model.pt's sha256).
 
     Refuses (FloatingPointError) a state with a NaN/inf weight or metric: only a good state is ever saved.
     """
     run_dir = Path(run_dir)
-    bad = non_finite(model, optimizer, history[-1])
+    bad = non_finite(state.model, state.optimizer, history[-1])
     if bad:
         raise FloatingPointError(f"after epoch {epoch} these are NaN/inf: {', '.join(bad[:5])}"
                                  f"{' ...' if len(bad) > 5 else ''}; epoch {epoch} was not saved")
-    model_sha256 = save_atomically(model.state_dict(), run_dir / "model.pt")
-    save_atomically({"epoch": epoch, "config": config, "model_sha256": model_sha256, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rng_states(), "history": history}, run_dir / "checkpoint.pt")
+    model_sha256 = save_atomically(state.model.state_dict(), run_dir / "model.pt")
+    save_atomically({"epoch": epoch, "config": config, "model_sha256": model_sha256, **state.state_dict(),
+                     "rng": rng_states(), "history": history}, run_dir / "checkpoint.pt")
     write_text_atomically(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
 
 
@@ -102,7 +102,7 @@ def repair_model_file(run_dir, state):
 def last_checkpoint_message(run_dir):
     """Where the last good checkpoint is (checked finite, model.pt repaired to match it), in a sentence."""
     if run_dir is None:
-        return "Nothing was saved (config.run_dir is None)."
+        return "Nothing was saved (no run folder was given)."
     try:
         state = load_checkpoint(run_dir)
     except ValueError as error:
@@ -127,10 +127,11 @@ def as_json(value):
 
 
 def describe_run(config, **measured):
-    """The run's configuration: the dataclass `config`'s fields but the bookkeeping ones, plus `measured`."""
-    record = {key: value for key, value in dataclasses.asdict(config).items()
-              if key not in ("run_dir", "resume", "overwrite", "progress", "run_settings")}
-    return as_json({**record, **(config.run_settings or {}), **measured})
+    """The run's configuration: the dataclass `config`'s fields that change what it computes (not those marked
+    {"recorded": False}, such as progress), plus `measured` (sizes, the model's and the dataset's names)."""
+    record = {item.name: getattr(config, item.name) for item in dataclasses.fields(config)
+              if item.metadata.get("recorded", True)}
+    return as_json({**record, **measured})
 
 
 def differences(saved, current):

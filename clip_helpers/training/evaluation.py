@@ -1,10 +1,10 @@
 """Validation during fine-tuning: zero-shot top-1 on held-back images, the loss, and the report's in-batch score."""
 import torch
 
-from .device import amp_context
-from .losses import clip_loss, inbatch_ceiling, loss_floor
-from .quantize import int8_image_tower
-from .zeroshot import scores
+from ..device import amp_context
+from ..losses import clip_loss, inbatch_ceiling, loss_floor
+from ..quantize import int8_image_tower
+from ..zeroshot import scores
 
 
 def inbatch_accuracy(logits_per_image: torch.Tensor) -> float:

@@ -6,7 +6,7 @@
 4. fine-tuning on a Caltech-256 subset with the kit's loop, and Fig 10's two curves;
 5. outputs/results.md: the model printout and each number beside the report's and the paper's.
 
-`--rehearsal` runs all of it on clip_helpers.rehearsal's stand-ins (random weights): `make rehearse`.
+`--rehearsal` runs all of it on clip_helpers.replication.rehearsal's stand-ins (random weights): `make rehearse`.
 
 It checks the weights and the datasets first and stops at once, with what to do, when they cannot be fetched.
 A GPU makes steps 2-3 take minutes; on a CPU they take hours (lower --train-size / --epochs).
@@ -20,20 +20,22 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from . import plots, probe, rehearsal, retrieval
-from .data import cifar10, split
-from .device import PRECISIONS, get_device, precision_name
-from .downloads import SKIP_CHECKSUMS
-from .features import encode_images
-from .models import load_clip, model_summary
-from .photos import photo, photo_descriptions
-from .interrupts import exit_status, sigterm_raises, stopped
-from .recipes import fine_tune_on
-from .settings import SettingsError, at_least, check_captions, fine_tune_problems
-from .similarity import similarity_matrix
-from .sources import open_source
-from .text import CIFAR10_CLASSES, CIFAR10_TEMPLATES, encode_texts, fill
-from .zeroshot import build_classifier, scores
+from .. import plots, probe, retrieval
+from . import rehearsal
+from ..data import cifar10, split
+from ..device import PRECISIONS, get_device, precision_amp, precision_name
+from ..downloads import SKIP_CHECKSUMS
+from ..features import encode_images
+from ..models import load_clip, model_summary
+from ..photos import photo, photo_descriptions
+from ..training.interrupts import exit_status, sigterm_raises, stopped
+from ..training.config import FineTuneData, RunFolder, TrainConfig
+from ..training.recipes import default_lr, fine_tune_on
+from ..training.settings import SettingsError, at_least, check_captions, fine_tune_problems
+from ..similarity import similarity_matrix
+from ..sources import open_source
+from ..text import CIFAR10_CLASSES, CIFAR10_TEMPLATES, encode_texts, fill
+from ..zeroshot import build_classifier, scores
 
 MODEL = "ViT-B/32"
 PAPER_CIFAR10_ZEROSHOT = 91.3  # Radford et al. 2021, ViT-B/32, zero-shot CIFAR-10 top-1 with prompt ensembling
@@ -172,7 +174,7 @@ def results_table(summary, zero_shot, history, similarity, fig12_hits, banner=No
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m clip_helpers.reproduce", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clip_helpers.replication.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=at_least(1), default=5)
     parser.add_argument("--batch-size", type=at_least(2), default=32)
     parser.add_argument("--train-size", type=at_least(2), default=5000,
@@ -190,7 +192,7 @@ def parse_args(argv=None):
                         help="autocast of the image tower and of fine-tuning: auto (bf16 where the hardware has it, "
                              "else fp32), or fp32 (exact), bf16, fp16; results.md says which ran")
     parser.add_argument("--rehearsal", action="store_true",
-                        help="run on the stand-ins in --data-dir (clip_helpers.rehearsal), checksums skipped; "
+                        help="run on the stand-ins in --data-dir (clip_helpers.replication.rehearsal), checksums skipped; "
                              "results.md and the figures say it is a rehearsal")
     args = parser.parse_args(argv)
     problems = fine_tune_problems(num_epochs=args.epochs, batch_size=args.batch_size, train_size=args.train_size,
@@ -240,9 +242,11 @@ def main(argv=None):
           f"(paper: {PAPER_CIFAR10_PROBE}% from 50,000) in {time.perf_counter() - start:.0f} s\n{recall.round(1)}")
     del model
     # resume="auto": a second `make reproduce` picks the fine-tuning run up where it stopped (or skips it).
-    _, history = fine_tune_on(model_name=MODEL, source="caltech256", num_epochs=args.epochs, batch_size=args.batch_size,
-                              train_size=args.train_size, val_size=args.val_size, run="reproduce-caltech256",
-                              resume="auto", device=device, data_dir=args.data_dir, precision=args.precision)
+    data = FineTuneData(model_name=MODEL, source="caltech256", batch_size=args.batch_size, train_size=args.train_size,
+                        val_size=args.val_size, data_dir=args.data_dir, device=device)
+    _, history = fine_tune_on(data, TrainConfig(num_epochs=args.epochs, lr=default_lr(MODEL),
+                                                    amp=precision_amp(args.precision)),
+                              RunFolder(Path(args.data_dir) / "runs" / "reproduce-caltech256", resume="auto"))
     plots.save_figure(plots.training_curves(history), "fig10_training", figures)
     if banner:
         rehearsal.stamp_figures(figures)
@@ -265,7 +269,7 @@ def run_from_command_line(argv=None):
               file=sys.stderr)
         raise SystemExit(exit_status(interrupt)) from None
     except SettingsError as error:
-        raise SystemExit(f"python -m clip_helpers.reproduce: error: {error}") from None
+        raise SystemExit(f"python -m clip_helpers.replication.reproduce: error: {error}") from None
 
 
 if __name__ == "__main__":

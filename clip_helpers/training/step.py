@@ -1,0 +1,55 @@
+"""One training step: a caption per image, the loss of the batch, and one AdamW update made safe (autocast with
+fp32 master weights, clipped gradients, logit_scale clamped as in the paper, a stop before a NaN/inf update)."""
+import math
+
+import torch
+
+from ..device import amp_context
+from ..losses import clip_loss
+from ..text import encode_texts, fill
+
+LOGIT_SCALE_MAX = 100  # the paper clips logit_scale (the multiplier) so logits are at most 100x the cosine
+
+
+def texts_for(labels, class_names: list[str], templates: list[str], generator: torch.Generator) -> list[str]:
+    """One caption per image, its template drawn at random so the model does not learn one phrasing."""
+    picks = torch.randint(len(templates), (len(labels),), generator=generator).tolist()
+    return [fill(templates[pick], class_names[int(label)]) for label, pick in zip(labels, picks)]
+
+
+def clip_features(model, images: torch.Tensor, texts: list[str]):
+    """(image_features, text_features, logit_scale) of a CLIP model: unnormalised features and the multiplier."""
+    return model.encode_image(images), encode_texts(model, texts), model.logit_scale.exp()
+
+
+def train_step(model, images: torch.Tensor, labels: torch.Tensor, texts: list[str], optimizer, scaler,
+               grad_clip: float = 1.0, amp: str | None = "auto", *, forward=None, loss=clip_loss) -> float:
+    """One optimiser step on a batch; returns the loss as a float. Raises FloatingPointError before a NaN/inf update.
+
+    `model`: the CLIP model. What several processes change comes in as `forward` (the DDP wrapper, called as
+    forward(images, texts) for the features; None: the model's own towers) and `loss` (the loss of the global
+    batch, distributed.distributed_clip_loss; in one process clip_loss).
+    """
+    device = model.positional_embedding.device
+    optimizer.zero_grad(set_to_none=True)  # freeing the gradients is cheaper than writing zeros into them
+    with amp_context(device, amp):
+        images = images.to(device, non_blocking=True)
+        image_features, text_features, logit_scale = (forward or model_features(model))(images, texts)
+    # On several processes every process computes the loss from the same gathered features, so a NaN stops
+    # them all at the same step.
+    batch_loss = loss(image_features.float(), text_features.float(), logit_scale, labels.to(device))
+    value = batch_loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the training loss is {value}")
+    scaler.scale(batch_loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(LOGIT_SCALE_MAX))  # the parameter is the log
+    return value
+
+
+def model_features(model):
+    return lambda images, texts: clip_features(model, images, texts)
