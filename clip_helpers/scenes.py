@@ -1,4 +1,4 @@
-"""Scenes of one to three coloured shapes, captioned at several levels of detail: the mini-CLIP's training world.
+"""Scenes of one to three coloured shapes, captioned at several levels of detail: a harder offline world for the mini-CLIP (recipes.SCENES_RECIPE; not yet the course's default).
 
 A single shape per image (clip_helpers.shapes) lets a model win with a bag of two words. Here a caption may
 name the objects ("a red circle and a blue square."), their drawn sizes ("a small red circle."), how many
