@@ -1,7 +1,7 @@
-import textwrap
 """tools/make_student.py: solutions out, helpful stubs in, outputs cleared, bad markers refused."""
 import importlib.util
 import re
+import textwrap
 from pathlib import Path
 
 import nbformat
