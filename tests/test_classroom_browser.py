@@ -9,7 +9,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -109,9 +108,15 @@ def jupyterlab(tmp_path_factory):
 
 
 def open_notebook(browser, base, token, name):
+    """A page showing only notebooks/<name>.ipynb, once its kernel is idle. A fresh workspace each time: JupyterLab
+    would otherwise reopen the notebooks of the previous page too, and another could be the current one."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{base}/lab/tree/notebooks/{name}.ipynb?token={token}")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+    page.goto(f"{base}/lab/workspaces/{name}-{secrets.token_hex(4)}/tree/notebooks/{name}.ipynb?reset&token={token}")
+    page.wait_for_function(f"() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                           f" && window.jupyterapp.shell.currentWidget.context"
+                           f" && window.jupyterapp.shell.currentWidget.context.path == 'notebooks/{name}.ipynb'",
+                           timeout=120_000)
+    page.wait_for_function("() => window.jupyterapp.shell.currentWidget"
                            " && window.jupyterapp.shell.currentWidget.sessionContext"
                            " && window.jupyterapp.shell.currentWidget.sessionContext.session"
                            " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=120_000)
