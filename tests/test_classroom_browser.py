@@ -195,11 +195,12 @@ def test_a_notebook_runs_in_jupyterlab_its_explorers_redraw_and_it_reopens_with_
     assert "Error displaying widget" not in page.inner_text(".jp-NotebookPanel")
     save(page)
     assert saved_errors(folder / "notebooks" / f"{name}.ipynb") == []
+    ran_in = page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.id")
     page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
     page.close()
 
     page = open_notebook(playwright_browser, base, token, name)  # a fresh kernel: nothing of the run is alive
-    assert page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status") == "idle"
+    assert page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.id") != ran_in
     indices = explorer_indices(folder / "notebooks" / f"{name}.ipynb")
     assert len(indices) == len(NEW_VALUES[name])
     for number, index in enumerate(indices):
