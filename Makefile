@@ -4,19 +4,33 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
 
-.PHONY: setup test test-fast notebooks reproduce rehearse benchmark student clean
+.PHONY: setup setup-classroom test test-classroom test-fast notebooks reproduce rehearse benchmark student clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,classroom]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
+# Everything but the browser test (make test-classroom, minutes: it runs four notebooks in JupyterLab).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not classroom"
+
+# Debian's chromium for the browser test (Playwright drives it; it downloads no browser of its own). Needs root
+# (or sudo); where it cannot be installed, the browser test skips and says so.
+CHROMIUM := /usr/bin/chromium
+setup-classroom: setup
+	@test -x $(CHROMIUM) || { $(if $(filter 0,$(shell id -u)),,sudo -n) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo -n) apt-get install -y -q chromium; } || \
+		echo "chromium could not be installed (apt-get as root): the browser test will skip"
+
+# JupyterLab in headless chromium: the notebooks with explorers run, their controls moved, screenshots in
+# outputs/screenshots/.
+test-classroom: setup-classroom
+	$(PY) -m pytest -q -m classroom
 
 # Everything but the tests marked slow (notebook runs, reproduce, several processes, training runs).
 test-fast: setup

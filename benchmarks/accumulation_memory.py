@@ -9,7 +9,7 @@ ru_maxrss, the only CPU peak that sees torch's allocations: tracemalloc does not
 subprocess builds the model and the batch, records ru_maxrss, runs the step (forward, loss, backward; no
 optimiser), and reports the growth of the peak: the memory the step itself needed beyond the model and
 data. On CUDA the peak of allocated tensor memory during the step is reported instead. 1 chunk is the
-one-pass step (plain loss.backward()); more chunks is clip_helpers.accumulation.grad_cache_backward.
+one-pass step (plain loss.backward()); more chunks is clip_helpers.training.accumulation.grad_cache_backward.
 """
 import argparse
 import json
@@ -26,7 +26,7 @@ def measure(model_name: str, batch_size: int, num_chunks: int, device: str) -> d
     """One step in this process: {"peak_mb", "seconds", "loss"}."""
     import torch
 
-    from clip_helpers.accumulation import grad_cache_backward
+    from clip_helpers.training.accumulation import grad_cache_backward
     from clip_helpers.losses import clip_loss
     from clip_helpers.models import build_random_clip
     from clip_helpers.shapes import SHAPES_TEMPLATES

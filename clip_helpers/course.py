@@ -19,12 +19,20 @@ from .training.recipes import load_model
 from .sources import TestSets, zero_shot_test_sets
 
 
+def project_root(here=None) -> Path | None:
+    """The nearest folder at or above `here` (default: the working directory) that holds the kit (clip_helpers/),
+    or None. Jupyter starts a kernel in the notebook's folder: notebooks/, outputs/student/, a student's copy."""
+    here = Path.cwd() if here is None else Path(here)
+    return next((folder for folder in (here, *here.parents) if (folder / "clip_helpers").is_dir()), None)
+
+
 def project_path(path) -> Path:
-    """A relative path taken from the project root: Jupyter starts kernels in notebooks/, papermill where it runs."""
+    """A relative path taken from the project root wherever in the project a notebook runs (so every edition shares
+    data/ and its caches); outside a project (Colab, a lone notebook) from the working directory."""
     path = Path(path)
-    here = Path.cwd()
-    if not path.is_absolute() and here.name == "notebooks" and (here.parent / "clip_helpers").is_dir():
-        return here.parent / path
+    root = project_root()
+    if not path.is_absolute() and root is not None:
+        return root / path
     return path
 
 

@@ -5,8 +5,24 @@ import torch
 
 
 def get_device() -> str:
-    """"cuda" when a GPU is visible, else "cpu"."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """"cuda" when an NVIDIA (or ROCm) GPU is visible, "mps" on Apple silicon, else "cpu"."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if mps_available():
+        return "mps"
+    return "cpu"
+
+
+def mps_available() -> bool:
+    """True on a Mac whose GPU torch can use (Apple silicon, macOS 12.3+, a torch built with MPS)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def mps_autocasts_fp16() -> bool:
+    """True when this torch can autocast on mps (float16: every Mac that has mps). bf16 on mps needs macOS 14
+    and not every op has it, so the kit never picks it there."""
+    return torch.amp.autocast_mode.is_autocast_available("mps")
 
 
 def cpu_has_bf16() -> bool:
@@ -26,6 +42,8 @@ def autocast_dtype(device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "cpu" and cpu_has_bf16():
         return torch.bfloat16
+    if device.startswith("mps") and mps_autocasts_fp16():
+        return torch.float16  # with make_scaler's GradScaler, as on a GPU without bf16
     return None
 
 

@@ -1,7 +1,9 @@
 """Small interactive explorers, each with a plain function underneath that runs headless.
 
 Notebooks call `caption_explorer(..., interactive=interactive)`: under papermill (interactive=False) it
-returns the figure for the default input; in Jupyter it shows a widget that redraws as you type or slide.
+returns the figure for the default input; in Jupyter it shows its controls and, below them, the figure, redrawn
+as you type or slide. The figure is an ordinary output (a display updated in place), not a widget, so a saved
+notebook reopened without a kernel still shows the last figure; only the controls need the kernel.
 """
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -34,9 +36,7 @@ def caption_explorer(model, image_features, image_names, text="a photo of a cat"
                                      title=f'similarity to "{text}"')
     if not interactive:
         return draw(text)
-    import ipywidgets
-
-    return ipywidgets.interact(lambda text: show(draw(text)), text=ipywidgets.Text(value=text, continuous_update=False))
+    return explore(draw, text=text_box(text, "caption"))
 
 
 def top_images(model, image_features, text, k=8):
@@ -53,9 +53,7 @@ def retrieval_explorer(model, image_features, images, text="a photo of a dog.", 
                                 title=f'top {k} images for "{text}" (cosine similarity)')
     if not interactive:
         return draw(text)
-    import ipywidgets
-
-    return ipywidgets.interact(lambda text: show(draw(text)), text=ipywidgets.Text(value=text, continuous_update=False))
+    return explore(draw, text=text_box(text, "query"))
 
 
 def temperature_explorer(similarities, texts, logit_scale=100.0, interactive=False):
@@ -67,9 +65,9 @@ def temperature_explorer(similarities, texts, logit_scale=100.0, interactive=Fal
         return draw(logit_scale)
     import ipywidgets
 
-    slider = ipywidgets.FloatLogSlider(value=logit_scale, base=10, min=-1, max=2.5, step=0.05,
-                                       description="logit_scale", continuous_update=False)
-    return ipywidgets.interact(lambda logit_scale: show(draw(logit_scale)), logit_scale=slider)
+    slider = ipywidgets.FloatLogSlider(value=logit_scale, base=10, min=-1, max=2.5, step=0.05, description="logit_scale",
+                                       continuous_update=False, style=LABEL_STYLE, layout=ipywidgets.Layout(width="32em"))
+    return explore(draw, logit_scale=slider)
 
 
 def names_from(text: str) -> list[str]:
@@ -100,8 +98,7 @@ def zero_shot_playground(model, images, image_features, class_names="red circle,
         try:
             probabilities = zero_shot_probabilities(model, image_features[image_index], names_from(class_names), [template])
         except ValueError as error:  # a half-typed entry in the widget: say what is missing, keep the widget alive
-            print(error)
-            return None
+            return str(error)
         fig, (image_ax, bar_ax) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [1, 2]})
         image_ax.imshow(images[image_index])
         image_ax.set_axis_off()
@@ -111,20 +108,54 @@ def zero_shot_playground(model, images, image_features, class_names="red circle,
         fig.tight_layout()
         return fig
     if not interactive:
-        return draw(0, class_names, template)
+        drawn = draw(0, class_names, template)
+        if isinstance(drawn, str):
+            print(drawn)
+            return None
+        return drawn
     import ipywidgets
 
-    return ipywidgets.interact(lambda image, class_names, template: show(draw(image, class_names, template)),
-                               image=ipywidgets.IntSlider(value=0, min=0, max=len(images) - 1),
-                               class_names=ipywidgets.Text(value=class_names, continuous_update=False),
-                               template=ipywidgets.Text(value=template, continuous_update=False))
+    return explore(draw, image_index=ipywidgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image",
+                                                          style=LABEL_STYLE, continuous_update=False),
+                   class_names=text_box(class_names, "class_names"), template=text_box(template, "template"))
 
 
-def show(fig):
-    """Display a figure inside a widget's output, then free it (interact re-draws on every change)."""
+# The label column fits the longest description ("class_names"), so no label is cut to "class_na...".
+LABEL_STYLE = {"description_width": "7em"}
+
+
+def text_box(value, description):
+    """A text box that redraws on Enter or leaving it, wide enough for a sentence or a list of class names."""
+    import ipywidgets
+
+    return ipywidgets.Text(value=value, description=description, continuous_update=False, style=LABEL_STYLE,
+                           layout=ipywidgets.Layout(width="40em"))
+
+
+def explore(draw, **controls):
+    """Show `controls` and below them draw(**their values) as a plain output, redrawn in place when one changes.
+    Returns the box of controls (its .children are `controls`, in order)."""
+    import ipywidgets
     from IPython.display import display
 
-    if fig is None:  # draw() printed why there is nothing to show
-        return
-    display(fig)
-    plt.close(fig)
+    box = ipywidgets.VBox(list(controls.values()))
+    display(box)
+    figure = display(shown(draw(**{name: control.value for name, control in controls.items()})), display_id=True)
+
+    def redraw(change):
+        figure.update(shown(draw(**{name: control.value for name, control in controls.items()})))
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    return box
+
+
+def shown(drawn):
+    """What the display shows for what draw() returned: the figure (then freed: every change draws a new one), or
+    the message that says why there is none."""
+    if isinstance(drawn, str) or drawn is None:
+        from IPython.display import Pretty
+
+        return Pretty(drawn or "")
+    plt.close(drawn)
+    return drawn

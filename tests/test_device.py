@@ -1,3 +1,4 @@
+import contextlib
 import builtins
 import io
 
@@ -86,3 +87,25 @@ def test_autocast_takes_an_explicit_dtype(cpuinfo, generator):
         assert (a @ a).dtype == torch.bfloat16
     with device.autocast("cpu", enabled=False, dtype=torch.bfloat16):
         assert (a @ a).dtype == torch.float32
+
+
+def test_get_device_picks_mps_on_apple_silicon_when_there_is_no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert device.get_device() == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.get_device() == "cuda"  # a CUDA GPU wins over mps
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert device.get_device() == "cpu"
+
+
+def test_mps_autocasts_to_fp16_with_a_scaler_and_never_to_bf16(monkeypatch):
+    monkeypatch.setattr(device, "mps_autocasts_fp16", lambda: True)
+    assert device.autocast_dtype("mps") == torch.float16
+    assert device.amp_dtype("mps", "auto") == torch.float16
+    assert device.make_scaler("mps", "auto").is_enabled()  # fp16's small range needs the scaler
+    assert not device.make_scaler("mps", None).is_enabled()
+    monkeypatch.setattr(device, "mps_autocasts_fp16", lambda: False)  # a torch without mps autocast: fp32
+    assert device.autocast_dtype("mps") is None
+    assert isinstance(device.autocast("mps"), contextlib.nullcontext)

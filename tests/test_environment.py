@@ -38,7 +38,9 @@ def conda_and_pip_entries():
 def test_same_packages_and_pins_in_both_files():
     project = pyproject()
     _, pip = conda_and_pip_entries()
-    declared = by_name(project["dependencies"] + project["optional-dependencies"]["dev"])
+    (editable,) = [entry for entry in pip if entry.startswith("-e")]
+    extras = re.fullmatch(r"-e \.\[(.*)\]", editable).group(1).split(",")
+    declared = by_name(project["dependencies"] + [r for extra in extras for r in project["optional-dependencies"][extra]])
     assert by_name(entry for entry in pip if not entry.startswith("-e")) == declared
 
 

@@ -40,12 +40,16 @@ def test_committed_notebook_is_clean_and_parameterised(path):
     nbformat.validate(notebook)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in code), "clear outputs before committing"
-    assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
+    # tools/add_open_in_cells.py's badges on top and its install cell first of the code; then the lesson's cells.
+    assert "open-in-badges" in notebook.cells[0].metadata.get("tags", [])
+    assert "install-kit" in code[0].metadata.get("tags", [])
+    cells = [cell for cell in notebook.cells if not {"open-in-badges", "install-kit"} & set(cell.metadata.get("tags", []))]
+    assert cells[0].cell_type == "markdown" and cells[0].source.startswith("# ")
     parameters = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
-    assert len(parameters) == 1 and parameters[0] is notebook.cells[1]
+    assert len(parameters) == 1 and parameters[0] is cells[1]
     for name in ("profile", "data_dir", "out_dir", "seed"):
         assert f"\n{name} = " in "\n" + parameters[0].source
-    assert "course.start(" in notebook.cells[2].source  # the cell after the parameters says which profile ran
+    assert "course.start(" in cells[2].source  # the cell after the parameters says which profile ran
     assert notebook.metadata.kernelspec.name == "python3"
 
 

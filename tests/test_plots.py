@@ -171,7 +171,7 @@ def test_interactive_explorers_build_widgets_without_a_frontend():
     from clip_helpers import widgets
 
     explorer = widgets.temperature_explorer(torch.tensor([0.3, 0.2]), ["a", "b"], interactive=True)
-    slider = explorer.widget.children[0]
+    slider = explorer.children[0]
     assert isinstance(slider, ipywidgets.FloatLogSlider) and slider.value == pytest.approx(100.0)
 
 
@@ -233,3 +233,26 @@ def test_zero_shot_playground_headless_draws_its_first_image_prediction(mini):
     assert f'"{expected.index[0]}"' in fig.axes[1].get_title()
     np.testing.assert_allclose(sorted(bar.get_width() for bar in fig.axes[1].patches), sorted(expected.values), rtol=1e-5)
     assert widgets.zero_shot_playground(mini, images, image_features, "only one", interactive=False) is None
+
+
+def test_an_explorer_redraws_its_figure_in_place_when_a_control_changes(monkeypatch):
+    """The figure is a display updated in place (saved in the notebook as an image), not a widget's output."""
+    pytest.importorskip("ipywidgets")
+    import IPython.display
+    from clip_helpers import widgets
+
+    shown, updates = [], []
+
+    class Handle:
+        def update(self, obj):
+            updates.append(obj)
+
+    monkeypatch.setattr(IPython.display, "display", lambda obj, display_id=None: shown.append(obj) or Handle())
+    similarities = torch.tensor([0.3, 0.25, 0.1])
+    explorer = widgets.temperature_explorer(similarities, ["a", "b", "c"], logit_scale=20.0, interactive=True)
+    assert shown[0] is explorer and len(shown) == 2  # the controls, then the figure below them
+    assert shown[1].axes[0].get_title() == "softmax at logit_scale = 20"
+    explorer.children[0].value = 5.0
+    heights = [bar.get_height() for bar in updates[-1].axes[0].patches]
+    np.testing.assert_allclose(heights, torch.softmax(5.0 * similarities, 0).numpy(), rtol=1e-5)
+    assert explorer.children[0].style.description_width == widgets.LABEL_STYLE["description_width"]

@@ -1,6 +1,7 @@
 """tools/make_student.py: solutions out, helpful stubs in, outputs cleared, bad markers refused."""
 import importlib.util
 import re
+import textwrap
 from pathlib import Path
 
 import nbformat
@@ -52,6 +53,13 @@ def student_text(path):
     return "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
 
 
+def stub_message(stub: str) -> str:
+    """The message the stub raises, run as the student would run it."""
+    with pytest.raises(NotImplementedError) as raised:
+        exec(textwrap.dedent(stub), {})
+    return str(raised.value)
+
+
 def test_solutions_become_stubs_naming_the_exercise_and_its_check(tmp_path):
     synthetic(tmp_path / "notebooks")
     counts = make_student.make_student(tmp_path / "notebooks", tmp_path / "student")
@@ -62,10 +70,11 @@ def test_solutions_become_stubs_naming_the_exercise_and_its_check(tmp_path):
     assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
     exercise = notebook.cells[2].source.split("\n")
     assert exercise[:5] == EXERCISE.split("\n")[:5]  # what comes before the marker stays, docstring included
-    assert exercise[5] == ("    raise NotImplementedError('Exercise (01_exercise.ipynb, cell 3): write the body of "
-                           "cosine_similarity() in place of this line, then run "
-                           "check_cosine_similarity(cosine_similarity) to test it.')")
-    assert len(exercise) == 6
+    assert exercise[5] == "    raise NotImplementedError("
+    assert stub_message("\n".join(exercise[5:])) == ("Exercise (01_exercise.ipynb, cell 3): write the body of "
+                                                     "cosine_similarity() in place of this raise, then run "
+                                                     "check_cosine_similarity(cosine_similarity) to test it.")
+    assert max(map(len, exercise[5:])) <= 80  # fits a notebook cell: no line running off its right edge
     compile(notebook.cells[2].source, "stub", "exec")  # the stub is valid Python at the marker's indentation
     assert notebook.cells[4].source.startswith("Your answer:\nYOUR ANSWER HERE") and 'reveal("01")' in notebook.cells[4].source
     assert all(not cell.outputs and cell.execution_count is None for cell in notebook.cells if cell.cell_type == "code")
@@ -78,9 +87,10 @@ def test_a_cell_marked_as_solution_in_nbgrader_metadata_is_replaced_whole(tmp_pa
     cell.metadata["nbgrader"] = {"solution": True, "grade": False, "grade_id": "answer", "locked": False}
     synthetic(tmp_path / "notebooks", cells=[nbformat.v4.new_code_cell(PARAMETERS), cell])
     make_student.make_student(tmp_path / "notebooks", tmp_path / "student")
-    assert student_text(tmp_path / "student" / "01_exercise.ipynb") == (
-        PARAMETERS + "\nraise NotImplementedError('Exercise (01_exercise.ipynb, cell 2): write the code of this "
-                     "exercise in place of this line.')")
+    text = student_text(tmp_path / "student" / "01_exercise.ipynb")
+    assert text.startswith(PARAMETERS + "\nraise NotImplementedError(\n")
+    assert stub_message(text[len(PARAMETERS) + 1:]) == ("Exercise (01_exercise.ipynb, cell 2): write the code of this "
+                                                       "exercise in place of this raise.")
 
 
 @pytest.mark.parametrize("source, problem", [

@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import nbformat
@@ -62,10 +63,16 @@ def exercise_name(lines: list, index: int) -> str | None:
     return None
 
 
+STUB_WIDTH = 72  # the message's pieces, so that the stub fits a notebook cell's width without scrolling
+
+
 def code_stub(exercise: str | None, check: str | None, where: str) -> str:
+    """A raise whose message, split over lines, names the exercise, where it is and the check to run."""
     task = f"write the body of {exercise}()" if exercise else "write the code of this exercise"
     then = f", then run {check} to test it" if check else ""
-    return f"raise NotImplementedError({f'Exercise ({where}): {task} in place of this line{then}.'!r})"
+    message = f"Exercise ({where}): {task} in place of this raise{then}."
+    pieces = textwrap.wrap(message, STUB_WIDTH, drop_whitespace=False, break_long_words=False)
+    return "raise NotImplementedError(\n" + "".join(f"    {piece!r}\n" for piece in pieces) + ")"
 
 
 def strip_solutions(source: str, cell_type: str, stub) -> tuple:
@@ -80,7 +87,8 @@ def strip_solutions(source: str, cell_type: str, stub) -> tuple:
                                   f"{begun + 1}; solution regions cannot nest")
             begun, regions = index, regions + 1
             indent = line[:len(line) - len(line.lstrip())]
-            kept.append(indent + (stub(exercise_name(lines, index)) if cell_type == "code" else stub(None)))
+            replacement = stub(exercise_name(lines, index)) if cell_type == "code" else stub(None)
+            kept.extend(indent + stub_line for stub_line in replacement.split("\n"))
         elif marker == END:
             if begun is None:
                 raise MarkerError(f"{END!r} on line {index + 1} without a {BEGIN!r} before it")

@@ -30,10 +30,13 @@ def use_this_python_kernel():
         os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(prefix_share), os.environ.get("JUPYTER_PATH")]))
 
 
-def ipc_kernel_manager():
-    """A kernel manager on local sockets: no "Kernel is running over TCP without encryption" warning per notebook."""
+def kernel_manager(os_name=os.name):
+    """A kernel manager on local sockets where there are some (no "Kernel is running over TCP without encryption"
+    warning per notebook); on Windows, which has no ZMQ ipc transport, jupyter_client's own TCP one."""
     from jupyter_client.manager import AsyncKernelManager
 
+    if os_name == "nt":
+        return AsyncKernelManager
     sockets = os.path.join(tempfile.gettempdir(), f"clip-kit-kernel-{os.getpid()}")  # not in the working tree
 
     class IPCKernelManager(AsyncKernelManager):
@@ -71,7 +74,7 @@ def run_one(path, out_dir, parameters, progress=True, banner=None):
         source = with_banner(path, banner) if banner else str(path)
         papermill.execute_notebook(source, str(out_dir / "notebooks" / path.name), parameters=parameters,
                                    kernel_name="python3", progress_bar=progress, cwd=str(path.parent),
-                                   kernel_manager_class=ipc_kernel_manager())
+                                   kernel_manager_class=kernel_manager())
     except papermill.PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         return time.time() - start, (f"cell [{error.exec_count}] starting {first_line.strip()!r} "

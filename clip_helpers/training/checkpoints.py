@@ -6,7 +6,7 @@ A run folder (e.g. data/runs/<run>/) holds
     checkpoint.pt  everything a resume needs. Written after model.pt, it is an epoch's commit point and
                    records model.pt's sha256: a run stopped between the two saves is found and repaired;
     history.csv    one row per epoch;
-    .lock          locked (flock) by the process that trains in the folder, which also writes its pid there.
+    .lock          locked (flock; msvcrt on Windows) by the process that trains in the folder, which also writes its pid there.
 Every file is written to a temporary file, fsynced and renamed; .pt files are loaded with weights_only=True.
 """
 import dataclasses
@@ -22,13 +22,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import locks
 from ..files import save_atomically, sha256_of, write_text_atomically
 from .seeds import rng_states
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; the folder is not locked there
-    fcntl = None
 
 RUN_FILES = ("checkpoint.pt", "model.pt", "history.csv", "run.json")
 
@@ -154,32 +151,17 @@ def check_same_run(saved, current, run_dir):
 # ---------------------------------------------------------------- the run folder
 
 def lock(run_dir):
-    """An open, flock'ed run_dir/.lock holding our pid. The kernel drops the lock when the process ends,
-    however it ends, so a lock is never stale: a leftover .lock file with a dead pid in it locks nothing."""
-    path = Path(run_dir) / ".lock"
-    file = open(path, "a+")
-    if fcntl is None:
-        return file
+    """An open, locked run_dir/.lock holding our pid (clip_helpers.locks). The system drops the lock when the process
+    ends, however it ends, so a lock is never stale: a leftover .lock file with a dead pid in it locks nothing."""
     try:
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        file.seek(0)
-        holder = file.read().strip() or "unknown"
-        file.close()
-        raise RunFolderError(f"Another run (process {holder}) is training in {run_dir}: two runs must not share a "
-                           f"run folder. Wait for it to finish (or stop it), or choose another run folder.") from None
-    file.seek(0)
-    file.truncate()
-    file.write(str(os.getpid()))
-    file.flush()
-    return file
+        return locks.hold(Path(run_dir) / ".lock")
+    except locks.Busy as busy:
+        raise RunFolderError(f"Another run (process {busy.holder}) is training in {run_dir}: two runs must not share a "
+                             f"run folder. Wait for it to finish (or stop it), or choose another run folder.") from None
 
 
 def unlock(file):
-    if fcntl is not None and not file.closed:
-        file.truncate(0)
-        fcntl.flock(file, fcntl.LOCK_UN)
-    file.close()
+    locks.release(file)
 
 
 def check_writable(run_dir, needed_bytes):
