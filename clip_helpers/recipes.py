@@ -158,12 +158,15 @@ def check_size(name: str, size) -> None:
         raise SettingsError(f"{problem}.")
 
 
-def train_and_val_sets(source: str, preprocess, data_dir, train_size: int | None, val_size: int | None, seed: int = 0):
+def train_and_val_sets(source: str, preprocess, data_dir, train_size: int | None, val_size: int | None, seed: int = 0,
+                       split_name: str = "train"):
     """(train, val, opened source): the official split where there is one (CIFAR-10: validate on its test set),
-    else a stratified 80/20 split of the pool (the report validated on training rows); then random subsets."""
+    else a stratified 80/20 split of the pool (the report validated on training rows); then random subsets.
+    The data of both the command line and notebook 05. split_name: the source's split to train on
+    (sources.open_source; "all" for every shape/colour pair)."""
     check_size("train_size", train_size)
     check_size("val_size", val_size)
-    opened = open_source(source, "train", data_dir=data_dir, transform=preprocess, seed=seed)
+    opened = open_source(source, split_name, data_dir=data_dir, transform=preprocess, seed=seed)
     if opened.has_test_split:
         train, val = opened.dataset, open_source(source, "test", data_dir=data_dir, transform=preprocess).dataset
     else:
