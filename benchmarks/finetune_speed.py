@@ -50,7 +50,6 @@ from clip_helpers.zeroshot import build_classifier, evaluate, logits  # noqa: E4
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path, the results file is beside it
 import results_file  # noqa: E402
-from results_file import machine, write_results  # noqa: E402
 
 
 FRACTION_TARGET = 0.85  # the kit's exact fp32 step against the ceiling measured in the same run
@@ -414,8 +413,8 @@ def main(argv=None):
                    "int8_eval_speedup": round(evaluation["kit_int8"] / evaluation["report"], 3),
                    "int8_copy_seconds": round(evaluation["int8_copy_seconds"], 3)}
     if args.out:
-        result["machine"] = machine()
-        print("wrote {} and {}".format(*write_results(result, args.out)))
+        result["machine"] = results_file.machine()
+        print("wrote {} and {}".format(*results_file.write_results(result, args.out)))
     if args.json:
         print(json.dumps(result))
     return result

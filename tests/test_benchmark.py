@@ -107,7 +107,7 @@ FAKE_RESULT = {"model": "ViT-B/32", "batch_size": 32, "device": "cpu", "steps": 
 
 
 def test_results_file_holds_the_figures_and_a_table_of_the_key_ones(benchmark, tmp_path):
-    json_path, table_path = benchmark.write_results(FAKE_RESULT, tmp_path / "outputs" / "benchmark.json")
+    json_path, table_path = benchmark.results_file.write_results(FAKE_RESULT, tmp_path / "outputs" / "benchmark.json")
     assert json.loads(json_path.read_text()) == FAKE_RESULT
     assert table_path == tmp_path / "outputs" / "benchmark.md"
     table = table_path.read_text()
@@ -121,7 +121,7 @@ def test_results_file_holds_the_figures_and_a_table_of_the_key_ones(benchmark, t
 
 def test_results_file_must_be_json(benchmark, tmp_path):
     with pytest.raises(ValueError, match="give a .json path"):
-        benchmark.write_results(FAKE_RESULT, tmp_path / "benchmark.md")
+        benchmark.results_file.write_results(FAKE_RESULT, tmp_path / "benchmark.md")
     assert not list(tmp_path.iterdir())
 
 
