@@ -55,7 +55,7 @@ rehearse: setup
 		--epochs 1 --train-size 64 --val-size 32
 
 benchmark: setup
-	$(PY) benchmarks/finetune_speed.py
+	$(PY) benchmarks/finetune_speed.py --out outputs/benchmark.json
 
 # The student edition: solutions between ### BEGIN/END SOLUTION replaced by stubs, outputs cleared. A notebook there
 # that differs from what it last wrote (a student's answers) stops it; FORCE=1 replaces it.

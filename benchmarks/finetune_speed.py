@@ -2,6 +2,8 @@
 
     python benchmarks/finetune_speed.py                 # ViT-B/32, batch 32, this machine's device
     python benchmarks/finetune_speed.py --steps 2 --warmup 1 --json
+    python benchmarks/finetune_speed.py --out outputs/benchmark.json   # what `make benchmark` runs: also writes
+                                                                       # outputs/benchmark.md, with the machine
     python benchmarks/finetune_speed.py --precision     # does bf16 autocast cost accuracy? (mini-CLIP on shapes)
     python benchmarks/finetune_speed.py --accuracy      # do int8 evaluation and patch dropout? (ViT mini-CLIP)
 
@@ -24,8 +26,10 @@ what it costs.
 import argparse
 import copy
 import json
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import clip
 import torch
@@ -46,8 +50,11 @@ from clip_helpers.shapes import SHAPES_TEMPLATES, ShapesDataset  # noqa: E402
 from clip_helpers.text import CIFAR10_CLASSES, CIFAR10_TEMPLATES  # noqa: E402
 from clip_helpers.zeroshot import build_classifier, evaluate, logits  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path, the results file is beside it
+import results_file  # noqa: E402
 
-FRACTION_TARGET = 0.85  # the kit's exact fp32 step against the ceiling measured in the same run (issue 13)
+
+FRACTION_TARGET = 0.85  # the kit's exact fp32 step against the ceiling measured in the same run
 
 # Published dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by a piece of torch.cuda.get_device_name();
 # the first piece found in the name wins, so the more specific come first.
@@ -330,7 +337,14 @@ def parse_args(argv=None):
     parser.add_argument("--no-patch-dropout", action="store_true",
                         help="with --accuracy: only int8 against fp32, without training a second model")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    return parser.parse_args(argv)
+    parser.add_argument("--out", default=None, help="write the speed figures to this .json file and a markdown "
+                        "table of the key ones, with the machine, beside it (.md); `make benchmark`: outputs/benchmark.json")
+    args = parser.parse_args(argv)
+    if args.out and (args.precision or args.accuracy):
+        parser.error("--out writes the speed comparison; run --precision or --accuracy with --json instead")
+    if args.out and not args.out.endswith(".json"):
+        parser.error(f"--out {args.out}: give a .json path (the markdown table is written beside it as .md)")
+    return args
 
 
 def main(argv=None):
@@ -400,6 +414,9 @@ def main(argv=None):
         result |= {"kit_int8_eval_images_per_s": round(evaluation["kit_int8"], 3),
                    "int8_eval_speedup": round(evaluation["kit_int8"] / evaluation["report"], 3),
                    "int8_copy_seconds": round(evaluation["int8_copy_seconds"], 3)}
+    if args.out:
+        result["machine"] = results_file.machine()
+        print("wrote {} and {}".format(*results_file.write_results(result, args.out)))
     if args.json:
         print(json.dumps(result))
     return result

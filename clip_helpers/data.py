@@ -3,6 +3,7 @@
 Every dataset here yields (image, label) with a PIL RGB image (or transform(image)) and an int label that
 indexes the dataset's `.classes`, so captions are `template.format(dataset.classes[label])`.
 """
+import hashlib
 import os
 import re
 import warnings
@@ -53,38 +54,54 @@ class CIFAR10WithoutChecksums(torchvision.datasets.CIFAR10):
 
 
 def caltech256(root="data", transform=None, download=True):
-    """torchvision's Caltech-256 (30,607 images, 257 classes incl. clutter) in root/caltech256/256_ObjectCategories.
-
-    torchvision returns some images in grayscale; here every image is converted to RGB before `transform`.
-    `.classes` is added: readable names from the folder names, as in ImageFolderCaptions ("001.ak47" -> "ak47").
-    """
+    """Caltech256Captions (30,607 images, 257 classes incl. clutter) in root/caltech256/256_ObjectCategories, every
+    image converted to RGB before `transform` (torchvision returns some in grayscale)."""
     rgb_transform = to_rgb if transform is None else torchvision.transforms.Compose([to_rgb, transform])
-    dataset = open_or_explain(torchvision.datasets.Caltech256, CALTECH256_URL,
-                              os.path.join(root, "caltech256", "256_ObjectCategories"),
-                              root=root, transform=rgb_transform, download=download)
-    dataset.classes = [class_name(folder) for folder in dataset.categories]
-    refuse_same_captions(dataset.root, dataset.categories, dataset.classes)
-    return without_unreadable(dataset)
+    return open_or_explain(Caltech256Captions, CALTECH256_URL, os.path.join(root, "caltech256", "256_ObjectCategories"),
+                           root=root, transform=rgb_transform, download=download)
 
 
-def without_unreadable(dataset):
-    """Caltech256 with files PIL cannot decode, or of an extreme shape, left out (paths in `.skipped`, reasons in
-    `.skip_reasons`, one warning), like ImageFolderCaptions.
+class Caltech256Captions(torchvision.datasets.Caltech256):
+    """torchvision's Caltech256 with `.classes`, readable names from the folder names as in ImageFolderCaptions
+    ("001.ak47" -> "ak47"), and the files PIL cannot decode, or of an extreme shape, left out (paths in
+    `.skipped`, reasons in `.skip_reasons`, one warning): torchvision opens a file only when it is indexed, so
+    one truncated JPEG would otherwise stop a training run in the middle of an epoch."""
 
-    torchvision opens a file only when it is indexed, so one truncated JPEG would otherwise stop a training run
-    in the middle of an epoch.
-    """
-    folder = os.path.join(dataset.root, "256_ObjectCategories")
-    paths = [os.path.join(folder, dataset.categories[y], f"{y + 1:03d}_{i:04d}.jpg") for i, y in zip(dataset.index, dataset.y)]
-    reasons = [unreadable_reason(path) for path in paths]
-    dataset.skip_reasons = {path: reason for path, reason in zip(paths, reasons) if reason is not None}
-    dataset.skipped = list(dataset.skip_reasons)
-    dataset.index = [i for i, reason in zip(dataset.index, reasons) if reason is None]
-    dataset.y = [y for y, reason in zip(dataset.y, reasons) if reason is None]
-    if dataset.skipped:
-        warnings.warn(f"Caltech-256: left out {len(dataset.skipped)} unreadable or unusable image file(s), reasons in "
-                      f".skip_reasons: {dataset.skipped[:3]}", stacklevel=3)
-    return dataset
+    def __init__(self, root, transform=None, target_transform=None, download=False):
+        super().__init__(root, transform=transform, target_transform=target_transform, download=download)
+        self.classes = [class_name(folder) for folder in self.categories]
+        refuse_same_captions(self.root, self.categories, self.classes)
+        paths = self.image_paths()
+        reasons = [unreadable_reason(path) for path in paths]
+        self.skip_reasons = {path: reason for path, reason in zip(paths, reasons) if reason is not None}
+        self.skipped = list(self.skip_reasons)
+        self.index = [i for i, reason in zip(self.index, reasons) if reason is None]
+        self.y = [y for y, reason in zip(self.y, reasons) if reason is None]
+        if self.skipped:
+            warnings.warn(f"Caltech-256: left out {len(self.skipped)} unreadable or unusable image file(s), reasons "
+                          f"in .skip_reasons: {self.skipped[:3]}", stacklevel=4)
+
+    def image_paths(self) -> list[str]:
+        """Every item's file: torchvision's rule, <category number>_<item number>.jpg in the category's folder."""
+        folder = os.path.join(self.root, "256_ObjectCategories")
+        return [os.path.join(folder, self.categories[y], f"{y + 1:03d}_{i:04d}.jpg") for i, y in zip(self.index, self.y)]
+
+    def cache_key(self) -> str:
+        """Every item's file (path, size, modification time) and label: what features.items_key caches under."""
+        return files_and_labels_key(zip(self.image_paths(), self.y))
+
+
+def file_key(path) -> str:
+    """A file's path, size and modification time: an image replaced in place changes the key."""
+    try:
+        stat = os.stat(path)
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        return f"{path}:missing"
+
+
+def files_and_labels_key(samples) -> str:  # sha256 of (path, label) pairs, each file by file_key
+    return hashlib.sha256("\n".join(f"{file_key(path)}:{label}" for path, label in samples).encode()).hexdigest()
 
 
 def class_name(folder):
@@ -186,6 +203,10 @@ class ImageFolderCaptions(Dataset):
 
     def __len__(self):
         return len(self.samples)
+
+    def cache_key(self) -> str:
+        """Every item's file (path, size, modification time) and label: what features.items_key caches under."""
+        return files_and_labels_key(self.samples)
 
     def __getitem__(self, index):
         path, label = self.samples[index]

@@ -7,7 +7,6 @@ warning. A file that fails its checks (unreadable, truncated, another key, wrong
 finite, checksum) is recomputed with a warning; files are written atomically.
 """
 import hashlib
-import os
 import re
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .device import autocast, precision_dtype
 from .files import remove_abandoned_temporaries, write_atomically
-from .shapes import ShapesDataset
+from .data import files_and_labels_key
 from .text import encode_texts
 
 
@@ -63,17 +62,11 @@ def array_key(values) -> str:
     return f"{array.shape}{array.dtype}:{hashlib.sha256(array.tobytes()).hexdigest()}"
 
 
-def file_key(path) -> str:
-    """A file's path, size and modification time: an image replaced in place changes the key."""
-    try:
-        stat = os.stat(path)
-        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
-    except OSError:
-        return f"{path}:missing"
-
-
 def items_key(dataset) -> str | None:
-    """What identifies the dataset's items and their transforms, or None when nothing here does."""
+    """What identifies the dataset's items and their transforms, or None when nothing here does.
+
+    A dataset of the kit says what identifies its items through its own `cache_key()`; torchvision's datasets
+    are identified by their (path, label) `.samples` or their `.data` and `.targets` held in memory."""
     if isinstance(dataset, Subset):
         inner = items_key(dataset.dataset)
         return None if inner is None else f"Subset({inner}, {array_key(np.asarray(dataset.indices, dtype=np.int64))})"
@@ -84,19 +77,13 @@ def items_key(dataset) -> str | None:
         return "Tensors(" + ", ".join(array_key(t) for t in dataset.tensors) + ")"
     transforms = (f"transform={transform_key(getattr(dataset, 'transform', None))}, "
                   f"target_transform={transform_key(getattr(dataset, 'target_transform', None))}")
-    name = type(dataset).__qualname__
-    if isinstance(dataset, ShapesDataset):  # drawn on demand from these settings
-        settings = {k: getattr(dataset, k) for k in ("split", "n_per_class", "image_size", "seed")}
-        return f"{name}({settings}, {array_key(dataset.targets)}, {transforms})"
-    if hasattr(dataset, "samples"):  # ImageFolderCaptions, torchvision's ImageFolder: (path, label) pairs
-        samples = hashlib.sha256("\n".join(f"{file_key(p)}:{label}" for p, label in dataset.samples).encode())
-        return f"{name}(samples {samples.hexdigest()}, {transforms})"
+    name = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
+    if callable(getattr(dataset, "cache_key", None)):  # ShapesDataset, ImageFolderCaptions, Caltech256Captions
+        return f"{name}({dataset.cache_key()}, {transforms})"
+    if hasattr(dataset, "samples"):  # torchvision's ImageFolder: (path, label) pairs
+        return f"{name}(samples {files_and_labels_key(dataset.samples)}, {transforms})"
     if hasattr(dataset, "data") and hasattr(dataset, "targets"):  # CIFAR-10, MNIST: pixels held in memory
         return f"{name}({array_key(dataset.data)}, {array_key(np.asarray(dataset.targets))}, {transforms})"
-    if all(hasattr(dataset, a) for a in ("root", "categories", "index", "y")):  # torchvision's Caltech256
-        files = "\n".join(file_key(os.path.join(dataset.root, "256_ObjectCategories", dataset.categories[c],
-                                                f"{c + 1:03d}_{i:04d}.jpg")) for c, i in zip(dataset.y, dataset.index))
-        return f"{name}({hashlib.sha256(files.encode()).hexdigest()}, {array_key(np.asarray(dataset.y))}, {transforms})"
     return None
 
 
@@ -195,8 +182,8 @@ def encode_images(model, loader, cache_dir=None, cache_label: str | None = None,
         if key is None:
             warnings.warn(f"Features are not cached: the items of this {type(loader.dataset).__name__} cannot be "
                           f"identified (or the loader does not read each item once), so a cache could return another "
-                          f"dataset's features. Cacheable: Subset, TensorDataset, ShapesDataset, datasets with "
-                          f".samples or .data and .targets.", stacklevel=3)
+                          f"dataset's features. Cacheable: Subset, ConcatDataset, TensorDataset, datasets with "
+                          f"a cache_key() method, .samples, or .data and .targets.", stacklevel=3)
         else:
             path = cache_path(cache_dir, cache_label, key)
             cached = load_cached(path, key, len(loader.dataset), model.visual.output_dim)

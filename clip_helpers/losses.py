@@ -1,8 +1,11 @@
-"""CLIP's symmetric contrastive loss (the paper's Figure 3 pseudocode), with multi-positive targets."""
+"""CLIP's symmetric contrastive loss (the paper's Figure 3 pseudocode), with multi-positive targets, the floor
+that duplicate captions put under it, and how it grows with the batch size."""
 import math
 import warnings
 from collections import Counter
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -76,3 +79,39 @@ def inbatch_ceiling(labels) -> float:
     identical captions at most one can be argmax-matched to its own image, so (number of distinct labels) / n."""
     labels = torch.as_tensor(labels)
     return len(labels.unique()) / len(labels)
+
+
+def distinct_class_batch(labels, batch_size: int, rng) -> torch.Tensor:
+    """Indices of `batch_size` items of `batch_size` different classes (drawn by `rng`): every caption differs."""
+    labels = np.asarray(labels)
+    chosen = rng.choice(np.unique(labels), batch_size, replace=False)
+    return torch.as_tensor([rng.choice(np.flatnonzero(labels == label)) for label in chosen])
+
+
+def loss_by_batch_size(image_features, labels, caption_features, logit_scale, batch_sizes=(2, 4, 8, 16, 32, 64),
+                       n_batches: int = 10, seed: int = 0) -> pd.DataFrame:
+    """Mean plain clip_loss of `n_batches` batches at each batch size (rows), of two kinds: one image of each of n
+    different classes (while there are n classes), and n images drawn at random, whose duplicate captions put
+    loss_floor under the loss. Item i's caption is caption_features[labels[i]]. Sizes above the pool are left out.
+    Columns: chance (log n), both kinds, the random batches' floor and how many images share a class."""
+    labels = torch.as_tensor(labels)
+    n_classes, rng, rows = len(labels.unique()), np.random.default_rng(seed), {}
+
+    def loss(batch):
+        return clip_loss(image_features[batch], caption_features[labels[batch]], logit_scale).item()
+
+    for batch_size in [size for size in batch_sizes if size <= len(labels)]:
+        distinct, random_losses, floors, duplicates = [], [], [], []
+        for _ in range(n_batches):
+            if batch_size <= n_classes:
+                distinct.append(loss(distinct_class_batch(labels, batch_size, rng)))
+            batch = torch.as_tensor(rng.choice(len(labels), batch_size, replace=False))
+            random_losses.append(loss(batch))
+            floors.append(loss_floor(labels[batch]))
+            duplicates.append(batch_size - len(labels[batch].unique()))
+        rows[batch_size] = {"chance: log(batch size)": math.log(batch_size),
+                            "distinct classes (no duplicate captions)": np.mean(distinct) if distinct else np.nan,
+                            "random batches": np.mean(random_losses),
+                            "floor of the random batches (duplicate captions)": np.mean(floors),
+                            "images sharing a class with another": np.mean(duplicates)}
+    return pd.DataFrame(rows).T

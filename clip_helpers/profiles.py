@@ -49,7 +49,7 @@ PROFILES = {
         mini_recipe="smoke",
     ),
     "offline": Profile(
-        "offline", "no network: the kit's mini-CLIP (4.6M parameters, 3.2M of them its token embedding), trained "
+        "offline", "no network: the kit's mini-CLIP (a few million parameters, most of them its token embedding), trained "
         "from scratch on coloured shapes on this machine. Numbers are about that tiny model on shapes, not "
         "OpenAI's CLIP on photos.",
         model="mini", zeroshot_source="shapes", finetune_source="shapes",

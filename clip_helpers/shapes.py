@@ -122,6 +122,11 @@ class ShapesDataset(Dataset):
     def __len__(self):
         return len(self.targets)
 
+    def cache_key(self) -> str:
+        """The settings every item is drawn from (features.items_key caches under it): the same settings, the same
+        pixels."""
+        return f"split={self.split!r}, n_per_class={self.n_per_class}, image_size={self.image_size}, seed={self.seed}"
+
     def __getitem__(self, index):
         label = self.targets[index]
         rng = np.random.default_rng([self.seed, label, index % self.n_per_class])

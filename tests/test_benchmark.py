@@ -23,10 +23,17 @@ def benchmark():
 
 
 @pytest.mark.slow  # times every step and evaluation it compares
-def test_benchmark_json_on_a_tiny_vit(benchmark, capsys):
+def test_benchmark_json_on_a_tiny_vit(benchmark, capsys, tmp_path):
+    out = tmp_path / "outputs" / "benchmark.json"
     result = benchmark.main(["--model", "mini-vit", "--device", "cpu", "--batch-size", "8", "--steps", "1",
-                             "--warmup", "0", "--eval-batches", "1", "--matmul-size", "256", "--json"])
+                             "--warmup", "0", "--eval-batches", "1", "--matmul-size", "256", "--json",
+                             "--out", str(out)])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert json.loads(out.read_text()) == result  # the results file holds what was printed, machine included
+    table = out.with_suffix(".md").read_text()
+    assert f"| kit fp32 step / fp32 ceiling | {result['kit_fraction_of_ceiling']:.0%} |" in table
+    assert f"| int8 evaluation / report's evaluation | {result['int8_eval_speedup']:.2f}x |" in table
+    assert result["machine"]["torch"] == torch.__version__ and result["machine"]["torch"] in table
     rates = {key: value for key, value in result.items() if key.endswith("_images_per_s")}
     assert {"report_train_images_per_s", "kit_train_images_per_s", "report_eval_images_per_s", "kit_eval_images_per_s",
             "kit_int8_eval_images_per_s", "ceiling_images_per_s"} <= rates.keys()
@@ -90,3 +97,37 @@ def test_patch_dropout_keeps_the_class_token_and_a_share_of_patches(benchmark):
     for image in range(2):  # the rest are 8 distinct patches of the same image
         rows = [(every[image, 1:] == token).all(dim=1).nonzero().item() for token in kept[image, 1:]]
         assert len(set(rows)) == 8
+
+
+FAKE_RESULT = {"model": "ViT-B/32", "batch_size": 32, "device": "cpu", "steps": 3, "warmup": 1,
+               "kit_fraction_of_ceiling": 0.904, "fraction_target": 0.85, "int8_eval_speedup": 4.581,
+               "kit_bf16_fraction_of_bf16_ceiling": None, "machine": {"cpu": "Some CPU", "cpu_flags": ["avx2"],
+                                                                       "threads": 2, "torch": "9.9", "gpu": None,
+                                                                       "date": "2026-01-01 00:00 UTC"}}
+
+
+def test_results_file_holds_the_figures_and_a_table_of_the_key_ones(benchmark, tmp_path):
+    json_path, table_path = benchmark.results_file.write_results(FAKE_RESULT, tmp_path / "outputs" / "benchmark.json")
+    assert json.loads(json_path.read_text()) == FAKE_RESULT
+    assert table_path == tmp_path / "outputs" / "benchmark.md"
+    table = table_path.read_text()
+    for row in ("| kit fp32 step / fp32 ceiling | 90% |", "| target for both | 85% |",
+                "| int8 evaluation / report's evaluation | 4.58x |"):
+        assert row in table
+    assert "bf16 step" not in table  # a figure the run did not measure gets no row
+    assert "Some CPU" in table and "avx2" in table and "torch 9.9" in table and "2026-01-01" in table
+    assert sorted(path.name for path in json_path.parent.iterdir()) == ["benchmark.json", "benchmark.md"]
+
+
+def test_results_file_must_be_json(benchmark, tmp_path):
+    with pytest.raises(ValueError, match="give a .json path"):
+        benchmark.results_file.write_results(FAKE_RESULT, tmp_path / "benchmark.md")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cpu_description_reads_the_model_and_the_matrix_flags(benchmark, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 fma avx512_bf16 sse\n\n"
+                       "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 fma avx512_bf16 sse\n")
+    assert benchmark.results_file.cpu_description(cpuinfo) == {"cpu": "Test CPU 9000",
+                                                                "cpu_flags": ["avx2", "fma", "avx512_bf16"]}

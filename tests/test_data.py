@@ -269,7 +269,7 @@ def test_cifar10_from_disk_needs_no_network(tmp_path, no_network, monkeypatch):
     assert dataset[0][0].mode == "RGB" and dataset[0][0].size == (32, 32)
 
 
-# ---------------------------------------------------------------- issue 10, findings 2, 3 and 15
+# ---------------------------------------------------------------- bad folders, files and class names
 
 from clip_helpers.images import to_rgb  # noqa: E402
 

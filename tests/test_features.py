@@ -27,7 +27,7 @@ def test_cache_key_changes_with_the_model(mini, generator, tmp_path):
     assert len(list(tmp_path.glob("*.pt"))) == 2 and not torch.allclose(first, second)
 
 
-# ---------------------------------------------------------------- issue 10, finding 1: the cache key and its checks
+# ---------------------------------------------------------------- the cache key and its checks
 
 import copy  # noqa: E402
 import warnings  # noqa: E402

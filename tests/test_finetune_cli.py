@@ -96,7 +96,7 @@ def test_cli_int8_eval_on_a_vit_checkpoint_changes_only_the_evaluation(tmp_path)
     assert int8["val_loss"].tolist() == pytest.approx(fp32["val_loss"].tolist(), rel=0.02)  # ...which is close
 
 
-# ---------------------------------------------------------------- issue 10: arguments, interrupts, run folders
+# ---------------------------------------------------------------- arguments, interrupts, run folders
 
 SHAPES_RUN = ["--model", "mini", "--dataset", "shapes", "--epochs", "2", "--batch-size", "16", "--train-size", "32",
               "--val-size", "16", "--run", "cli", "--device", "cpu", "--no-progress"]

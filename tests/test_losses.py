@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -98,3 +99,42 @@ def test_gradient_reaches_logit_scale(generator):
     clip_loss(image_features, text_features, log_scale.exp(), labels=torch.tensor([0, 1, 1, 2])).backward()
     assert log_scale.grad is not None and log_scale.grad.abs().item() > 0
     assert image_features.grad.abs().sum() > 0 and text_features.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- the loss against the batch size
+
+def test_distinct_class_batches_hold_each_class_once():
+    import numpy as np
+    from clip_helpers.losses import distinct_class_batch
+    labels = np.repeat(np.arange(6), 4)
+    rng = np.random.default_rng(0)
+    for size in (1, 3, 6):
+        batch = distinct_class_batch(labels, size, rng)
+        assert len(batch) == size and len(set(labels[batch.numpy()].tolist())) == size
+
+
+def test_loss_by_batch_size_is_clip_loss_of_its_batches():
+    import numpy as np
+    from clip_helpers.losses import loss_by_batch_size, loss_floor
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(3)  # 12 images of 4 classes
+    image_features, captions = torch.randn(12, 8, generator=generator), torch.randn(4, 8, generator=generator)
+    sweep = loss_by_batch_size(image_features, labels, captions, 10.0, batch_sizes=(2, 4, 8, 16), n_batches=5, seed=1)
+    assert sweep.index.tolist() == [2, 4, 8]  # 16 is more than the pool holds
+    assert sweep["chance: log(batch size)"].tolist() == [math.log(2), math.log(4), math.log(8)]
+    assert math.isnan(sweep.loc[8, "distinct classes (no duplicate captions)"])  # 8 > 4 classes
+    # the same draws by hand: the distinct-class batch first, then the random one, 5 times a size
+    rng, distinct, random_losses, floors = np.random.default_rng(1), [], [], []
+    for size in (2, 4):
+        for _ in range(5):
+            chosen = rng.choice(np.arange(4), size, replace=False)
+            batch = [rng.choice(np.flatnonzero(labels.numpy() == c)) for c in chosen]
+            distinct.append(clip_loss(image_features[batch], captions[labels[batch]], 10.0).item())
+            batch = torch.as_tensor(rng.choice(12, size, replace=False))
+            random_losses.append(clip_loss(image_features[batch], captions[labels[batch]], 10.0).item())
+            floors.append(loss_floor(labels[batch]))
+    assert sweep.loc[2, "distinct classes (no duplicate captions)"] == pytest.approx(np.mean(distinct[:5]))
+    assert sweep.loc[4, "distinct classes (no duplicate captions)"] == pytest.approx(np.mean(distinct[5:]))
+    assert sweep.loc[4, "random batches"] == pytest.approx(np.mean(random_losses[5:]))
+    assert sweep.loc[4, "floor of the random batches (duplicate captions)"] == pytest.approx(np.mean(floors[5:]))
+    assert (sweep["random batches"] >= sweep["floor of the random batches (duplicate captions)"]).all()

@@ -83,7 +83,7 @@ def test_weights_file_and_cache_check(tmp_path):
     assert not downloads.weights_cached("mini", tmp_path)
 
 
-# ---------------------------------------------------------------- issue 10, finding 13: what a wrong file is
+# ---------------------------------------------------------------- what a wrong file is
 
 import numpy as np  # noqa: E402
 import torchvision  # noqa: E402

@@ -58,3 +58,20 @@ def test_report_validation_rows_are_its_first_training_rows(tmp_path):
     train_paths = set(train_loader.dataset.imagePaths)
     assert len(train_paths) == 30 and len(val_loader.dataset) == 3
     assert set(val_loader.dataset.imagePaths) <= train_paths  # the leak the kit's data.split fixes
+
+
+def test_the_reports_bugs_are_one_table_that_notebook_05_shows_and_the_others_point_to():
+    import nbformat
+    from pathlib import Path
+    from clip_helpers.training import loop as train
+    table = report.bugs_table().splitlines()
+    assert len(table) == 2 + len(report.REPORT_BUGS)
+    assert all(row.count(" | ") == 2 and row.startswith("| ") and row.endswith(" |") for row in table[:1] + table[2:])
+    root = Path(__file__).parents[1]
+    notebook = nbformat.read(root / "notebooks" / "05_fine_tune.ipynb", as_version=4)
+    assert any(cell.cell_type == "code" and "report.bugs_table()" in cell.source for cell in notebook.cells)
+    for text in ((root / "README.md").read_text(), train.__doc__):
+        assert "REPORT_BUGS" in text
+    everywhere = "\n".join(cell.source for cell in notebook.cells) + (root / "README.md").read_text() + train.__doc__
+    for report_does, _, _ in report.REPORT_BUGS:  # written out nowhere else
+        assert report_does not in everywhere

@@ -1,6 +1,6 @@
-"""Issue 10, finding 13: a damaged cached mini-CLIP is trained again with a warning, not crashed on.
+"""A damaged cached mini-CLIP is trained again with a warning, not crashed on.
 
-(The other findings' tests sit with their modules: test_features, test_data, test_text, test_zeroshot,
+(Bad inputs to the other modules are tested beside them: test_features, test_data, test_text, test_zeroshot,
 test_models, test_profiles.)"""
 import warnings
 

@@ -1,4 +1,4 @@
-"""A run folder holds one run, complete and checked: issue 10's findings 5, 6, 8, 9, 10, 11 and 12."""
+"""A run folder holds one run, complete and checked: its settings, its checkpoints, resuming and overwriting."""
 import copy
 import json
 import os

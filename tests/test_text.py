@@ -56,7 +56,7 @@ def test_encode_texts_is_differentiable(mini):
     assert model.text_projection.grad.abs().sum() > 0
 
 
-# ---------------------------------------------------------------- issue 10, findings 4 and 14
+# ---------------------------------------------------------------- bad texts, and articles that agree
 
 import pytest  # noqa: E402
 

@@ -50,7 +50,7 @@ def test_evaluate_matches_predict(mini, generator):
     assert result["confusion"].sum() == 10
 
 
-# ---------------------------------------------------------------- issue 10, findings 3, 4 and 14
+# ---------------------------------------------------------------- inputs that would mislead, classes without images
 
 import pytest  # noqa: E402
 

@@ -7,7 +7,9 @@ with "kit:" below:
 - script-level code is wrapped in functions so it can be imported (same statements, in the same order);
 - `preprocess` and `dataDir`, globals in the report, are arguments; the unused Hugging Face
   CLIPModel/CLIPProcessor loading and the install cells are left out.
-Do not "fix" anything else here; the kit's versions live in clip_helpers.training.loop.
+Do not "fix" anything else here; the kit's versions live in clip_helpers.training (loop, step).
+What the listing gets wrong, and what the kit does instead, is listed once, in REPORT_BUGS (notebook 05
+shows it as a table, bugs_table()).
 """
 import os
 import random
@@ -17,6 +19,49 @@ import torch
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
+
+# (the report's loop, the kit's fine_tune, why): the one list of what the listing gets wrong.
+REPORT_BUGS = [
+    ("`clip.load` gives fp16 weights on a GPU; the loop casts the model to fp32 and back around every "
+     "`optimizer.step()`", "fp32 weights loaded once; the forward pass under autocast (bf16, or fp16 with a gradient "
+     "scaler)", "two full casts per step cost time, and Adam on fp16 weights loses small updates"),
+    ("validation rows are `[0:3%]` of the same shuffled list whose `[0:30%]` is the training set",
+     "`data.split`: stratified and disjoint", "every validation image was a training image (notebook 01)"),
+    ('the comment says "training (80%) and Validation Sets (20%)"; the code takes `trainingDataPer = 30` and '
+     "`validationDataPer = 3`", "the fractions are arguments, and the split is printed",
+     "30% and 3% of the data were used, not 80/20, and the 3% overlap the 30%"),
+    ("`evaluateModel`: does image *i* pick caption *i* **inside its batch**?",
+     "zero-shot top-1 over **all** classes, prompts encoded once; the in-batch number kept beside it",
+     "in-batch matching is not classification, and it punishes identical captions"),
+    ("`evaluateModel`'s text half: `argmax(logitsPerText, dim=0)`", "both directions in the loss; one classification "
+     "accuracy", "`logitsPerText` is `logitsPerImage.T`, so its argmax over dim 0 is the image half's argmax over "
+     'dim 1 again: the "text" accuracy repeats the image accuracy'),
+    ("validation batches in dataset order", "validation batches that never hold two images of one class "
+     "(`batches.val_loader_for`); the training loss's floor reported each epoch", "a batch holding *k* images of one "
+     "class has *k* identical captions: loss ≥ log *k*, in-batch accuracy ≤ 1/*k* (notebook 04)"),
+    ("`torch.optim.Adam(..., weight_decay=0.2)`", "AdamW, no decay on gains, biases, embeddings and `logit_scale`",
+     "Adam's `weight_decay` adds 0.2·θ to every gradient, so it also pulls the learned temperature `logit_scale` "
+     "(and every gain and bias) towards 0"),
+    ("`CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` (Hugging Face), then "
+     "`model, preprocess = clip.load(...)` on the next line", "`clip.load` only (`models.load_clip`)",
+     "the Hugging Face model (about 600 MB) is downloaded and immediately replaced: nothing uses it"),
+    ('the text says the model has "over 155 million parameters"', "`models.model_summary` prints the count",
+     "the listing's own print gives fewer for ViT-B/32 (notebook 05 counts them, on the same architecture with "
+     "random weights)"),
+    ("bare class names as captions; same-class captions in a batch are negatives",
+     "captions from templates; `clip_loss(labels=...)` makes same-class pairs positives",
+     "the false negatives of notebook 04"),
+    ("`imageDataset` vs `ImageDataset`, `lossIng` vs `lossImg`", "—", "the listing does not run as printed"),
+    ("nothing saved", "a checkpoint per epoch in `data/runs/<run>/`, exact resume, a NaN guard",
+     "a long run that dies keeps its progress"),
+]
+
+
+def bugs_table() -> str:
+    """REPORT_BUGS as a markdown table."""
+    rows = [f"| {report} | {kit} | {why} |" for report, kit, why in REPORT_BUGS]
+    return "\n".join(["| the report's loop | the kit's `fine_tune` | why |", "|---|---|---|", *rows])
+
 
 # Selecting the Device
 device = "cuda:0" if torch.cuda.is_available() else "cpu"

@@ -1,13 +1,10 @@
 """The fine-tuning loop, done the way the report's loop should have been.
 
-What changed from the report's listing (section 4.3), and why:
-- fp32 master weights with autocast, instead of casting the whole model to fp16 and back around every step;
-- AdamW without weight decay on gains, biases, embeddings and logit_scale; warmup then cosine decay;
-  gradient clipping; logit_scale clamped to at most 100 as in the paper;
-- captions of the same class are not negatives of each other (multi-positive clip_loss);
+What it changes from the report's listing (section 4.3), and why, is listed once: clip_helpers.replication.report.REPORT_BUGS.
+Besides those:
+- warmup then cosine decay; gradient clipping; logit_scale clamped to at most 100 as in the paper;
 - each distinct caption is encoded once, and only up to its end token (text.encode_texts);
-- validation is zero-shot classification on held-out images, with the class prompts encoded once;
-- a checkpoint every epoch, an exact resume, and a stop with a clear message when the loss turns NaN/inf;
+- a stop with a clear message when the loss turns NaN/inf;
 - a run folder belongs to one run: locked while it trains, never overwritten unless asked, resumed only with
   the settings it was started with (clip_helpers.training.checkpoints);
 - under torchrun, several processes train one run with DistributedDataParallel, the loss on the features

@@ -153,13 +153,16 @@ def load_model(model_name: str, data_dir="data", device=None, mini_recipe: str =
     return model, preprocess, None
 
 
-def train_and_val_sets(source: str, preprocess, data_dir, train_size: int | None, val_size: int | None, seed: int = 0):
+def train_and_val_sets(source: str, preprocess, data_dir, train_size: int | None, val_size: int | None, seed: int = 0,
+                       split_name: str = "train"):
     """(train, val, opened source): the official split where there is one (CIFAR-10: validate on its test set),
-    else a stratified 80/20 split of the pool (the report validated on training rows); then random subsets."""
+    else a stratified 80/20 split of the pool (the report validated on training rows); then random subsets.
+    The data of both the command line and notebook 05. split_name: the source's split to train on
+    (sources.open_source; "all" for every shape/colour pair)."""
     problems = data_problems(train_size=train_size, val_size=val_size)
     if problems:
         raise SettingsError(f"{'; '.join(problems)}.")
-    opened = open_source(source, "train", data_dir=data_dir, transform=preprocess, seed=seed)
+    opened = open_source(source, split_name, data_dir=data_dir, transform=preprocess, seed=seed)
     if opened.has_test_split:
         train, val = opened.dataset, open_source(source, "test", data_dir=data_dir, transform=preprocess).dataset
     else:
