@@ -1,22 +1,33 @@
 """The checks of notebooks 11 and 12 (the sigmoid loss, naive accumulation's loss, the modality gap, a held-out
 threshold): they pass right answers written in other forms, and name the usual mistakes."""
+import inspect
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_helpers import checks, geometry
-from clip_helpers.checks import ExerciseFailed
+from clip_helpers import checks, geometry, siglip
+from clip_helpers.checks import ExerciseFailed, failures
 from clip_helpers.losses import clip_loss
+
+REFERENCES = [siglip.siglip_loss, siglip.pair_signs, failures.naive_accumulated_loss, geometry.modality_gap,
+              geometry.centroid, geometry.best_threshold]
+REFERENCE_LINES = {line.strip().removeprefix("return ").strip() for function in REFERENCES
+                   for line in inspect.getsource(function).splitlines()
+                   if len(line.strip()) >= 12 and not line.strip().startswith(("#", '"', "def "))}
 
 
 def verdict(check, answer, capsys) -> str:
+    """'Correct: ...' or 'failed: <message>'; neither may show a line of the reference's code."""
     try:
         assert check(answer) is None
+        seen = capsys.readouterr().out
     except ExerciseFailed as error:
         capsys.readouterr()
-        return f"failed: {error}"
-    return capsys.readouterr().out
+        seen = f"failed: {error}"
+    assert not [line for line in REFERENCE_LINES if line in seen], seen
+    return seen
 
 
 def unit(x):
