@@ -64,3 +64,18 @@ def geometry_summary(image_features, text_features) -> dict[str, float]:
             "image_spread": cone_spread(image_features), "text_spread": cone_spread(text_features),
             "mean_similarity": similarities.mean().item(), "similarity_std": similarities.std().item(),
             "mean_similarity_without_gap": shifted.mean().item(), "similarity_std_without_gap": shifted.std().item()}
+
+
+def best_threshold(similarities, matches) -> float:
+    """Of the observed similarities, the threshold whose rule "a match when similarity >= threshold" is right most
+    often on these (held-out) pairs; the smallest such value on a tie. `matches`: True for a matching pair."""
+    similarities = torch.as_tensor(similarities, dtype=torch.float64).flatten()
+    matches = torch.as_tensor(matches).flatten()
+    if len(similarities) != len(matches) or len(similarities) == 0:
+        raise ValueError(f"{len(similarities)} similarities and {len(matches)} matches: give one truth value per "
+                         f"similarity, at least one pair")
+    if matches.dtype != torch.bool:
+        raise ValueError(f"matches must be booleans (True: the pair matches), not {matches.dtype}")
+    candidates = similarities.unique()  # sorted ascending: argmax keeps the first, smallest, of the best
+    accuracy = ((similarities[None, :] >= candidates[:, None]) == matches[None, :]).double().mean(dim=1)
+    return candidates[int(accuracy.argmax())].item()

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_helpers import checks, data, losses, probe, retrieval, similarity, zeroshot
+from clip_helpers import checks, data, geometry, losses, probe, retrieval, siglip, similarity, zeroshot
 from clip_helpers.checks import ExerciseFailed, encoders as encoder_checks, train as train_checks, zeroshot as zeroshot_checks
+from clip_helpers.checks import failures as failure_checks
 from clip_helpers.text import encode_texts
 
 
@@ -19,7 +20,8 @@ def reference_lines() -> set:
     functions = [similarity.cosine_similarity, similarity.normalize, similarity.similarity_matrix, losses.clip_loss,
                  losses.contrastive_targets, data.split, zeroshot.build_classifier, zeroshot_checks.reference_classifier,
                  train_checks.reference_step, checks.loss_floor, encoder_checks.reference_mask, probe.k_shot_indices,
-                 retrieval.ranks, retrieval.recall_at_k]
+                 retrieval.ranks, retrieval.recall_at_k, siglip.siglip_loss, failure_checks.naive_accumulated_loss,
+                 geometry.modality_gap, geometry.centroid, geometry.best_threshold]
     lines = set()
     for function in functions:
         for line in inspect.getsource(function).splitlines():

@@ -27,6 +27,9 @@ EXPECTED_FIGURES = {
     "08_mini_clip": ["08_mini_clip_training", "08_seen_vs_held_out", "08_held_out_over_seeds"],
     "09_linear_probe": ["09_k_shot_curve", "09_probe_vs_zero_shot"],
     "10_retrieval_and_applications": ["10_recall_at_k", "10_gallery", "10_scene", "10_fig13_actions"],
+    "11_when_training_goes_wrong": ["11_flat_loss", "11_logit_scale_drift", "11_clip_vs_siglip"],
+    "12_inside_the_embedding_space": ["12_modality_gap", "12_gap_vs_temperature", "12_similarity_histogram",
+                                      "12_saliency"],
 }
 
 

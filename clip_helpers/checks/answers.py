@@ -102,6 +102,29 @@ ANSWERS = {
         "written for one image and describes it specifically. Either way, say which rule was used: the same model "
         "gives very different recall@k under the two.",
     ),
+    "11": (
+        "Your contrastive loss sits at log(batch size) from the first step to the last. List the causes you would "
+        "check, in order, and the one measurement that tells each apart.",
+        "A loss of exactly log n means every caption gets the same probability: the logits of a row are all equal. "
+        "That happens when one tower's features do not depend on its input (a frozen or dead tower, or a collapse "
+        "after a learning rate far too high: the cones' spread near 1, every feature the same direction), when "
+        "logit_scale is near 0 (the logits are all near 0 whatever the cosines), or when nothing is updated at all "
+        "(a learning rate far too low, parameters not given to the optimiser, gradients flushed to zero in fp16). "
+        "Measure, in order: the spread of each tower's features on one batch (collapse or a dead tower), "
+        "logit_scale, the gradient norm of each tower after one backward (frozen, unscaled fp16, or not in the "
+        "optimiser), and the change of the parameters after one step (the learning rate).",
+    ),
+    "12": (
+        "A colleague says: our model gives 0.31 to this image and caption, so they match. What would you ask "
+        "before agreeing, and how would you decide instead?",
+        "A cosine on its own means little: the modality gap puts every image-text cosine of a model in a narrow "
+        "band of its own (a random model's band differs from a trained one's), so 0.31 may be high for one model "
+        "and ordinary for another. Ask which model, and what the cosines of known matching and non-matching pairs "
+        "of that model look like on data like theirs. Then decide with a threshold chosen on held-out labelled "
+        "pairs (the value that classifies them best, or that reaches a chosen precision), report its accuracy on "
+        "other pairs than those it was chosen on, or avoid thresholds and rank: the caption with the highest "
+        "cosine of a row is a far more reliable statement than any absolute value.",
+    ),
 }
 
 
