@@ -37,9 +37,13 @@ REFERENCES = {
     "check_held_out_top1": [("zeroshot", "scores")],
     "check_k_shot": [("probe", "k_shot_indices")],
     "check_recall_at_k": [("retrieval", "recall_at_k")],
+    "check_sigmoid_loss": [("siglip", "siglip_loss")],
+    "check_naive_accumulated_loss": [("accumulation", "naive_accumulation_backward")],
+    "check_modality_gap": [("geometry", "modality_gap")],
+    "check_threshold": [("geometry", "best_threshold")],
 }
 # The notebooks' names for the training modules (05: `from clip_helpers.training import loop as train`).
-MODULE_PATHS = {"train": "training.loop", "step": "training.step"}
+MODULE_PATHS = {"train": "training.loop", "step": "training.step", "accumulation": "training.accumulation"}
 METHODS = {"check_causal_mask": ["tril", "triu"], "check_caption_probabilities": ["softmax"]}
 MIN_LINE = 12   # shorter lines (`return loss`, `n = len(x)`) say nothing about the answer
 MIN_PIECE = 16  # a call or an operation inside a solution line, without whitespace

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import siglip
-from ..accumulation import chunk_slices
+from ..training.accumulation import chunk_slices
 from ..losses import clip_loss
 from .core import as_tensor, call, close, fail, fail_on_known_mistake, passed
 
