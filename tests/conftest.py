@@ -1,4 +1,6 @@
+import importlib.util
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +9,16 @@ from torch.utils.data import TensorDataset
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from clip_helpers.models import build_random_clip  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_tool(name):
+    """The project's script tools/<name>.py as a module (tools/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """Nothing the user made is written over or deleted: real downloads and runs by the rehearsal, a student's answers by
 make_student, the source notebooks by run_notebooks; and a notebook runs the profile it is asked for, or fails."""
-import importlib.util
 from pathlib import Path
 
 import nbformat
@@ -9,15 +8,9 @@ import pytest
 from clip_helpers import downloads
 from clip_helpers.replication import rehearsal, reproduce
 from clip_helpers.profiles import PROFILES, describe, get_profile
+from conftest import load_tool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 run_notebooks = load_tool("run_notebooks")

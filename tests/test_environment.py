@@ -63,7 +63,8 @@ def third_party_imports(folder: Path) -> set[str]:
                 names |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 names.add(node.module.split(".")[0])
-    own = {path.stem for path in (ROOT / "tools").glob("*.py")}  # the project's scripts, which tests load by path
+    # the project's own scripts and test helpers, which tests load by path or from conftest
+    own = {path.stem for path in (ROOT / "tools").glob("*.py")} | {path.stem for path in (ROOT / "tests").glob("*.py")}
     return names - set(sys.stdlib_module_names) - {"clip_helpers", "__future__"} - own
 
 

@@ -1,18 +1,9 @@
 """Students' machines: where a notebook opened anywhere in the project finds data/, and the runner's kernel
 transport on Windows. (The lock is in test_locks.py, mps in test_device.py.)"""
-import importlib.util
 from pathlib import Path
 
 from clip_helpers import course
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool  # noqa: E402
 
 
 def test_the_student_edition_finds_the_projects_data_not_a_new_one(tmp_path, monkeypatch):

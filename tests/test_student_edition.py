@@ -1,20 +1,13 @@
 """tools/make_student.py: solutions out, helpful stubs in, outputs cleared, bad markers refused."""
-import importlib.util
 import re
 import textwrap
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import load_tool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 make_student = load_tool("make_student")
