@@ -281,7 +281,7 @@ def test_resume_when_the_steps_per_epoch_change_is_refused_with_a_reason(mini, t
     smaller_batches = train_loader_for(train_set, batch_size=4)  # 24 images: 6 steps an epoch instead of 3
     with pytest.raises(ValueError, match=r"batch_size: 8 -> 4; steps_per_epoch: 3 -> 6\."):
         fine_tune(copy.deepcopy(mini), smaller_batches, DataLoader(val_set, batch_size=8),
-                  config_for(tmp_path, num_epochs=1, resume=True))
+                  *config_for(tmp_path, num_epochs=1, resume=True))
 
 
 # ---------------------------------------------------------------- validation batches and their floor

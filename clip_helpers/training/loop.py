@@ -140,16 +140,27 @@ def run_epochs(state, processes, train_loader, val_loader, config, history, savi
     for epoch in range(len(history) + 1, config.num_epochs + 1):
         start = time.perf_counter()
         train_loss, train_loss_floor, lr = train_epoch(state, forward, processes, train_loader, config, epoch, run_dir)
-        model.eval()
-        classifier = build_classifier(model, config.class_names, config.eval_templates or config.templates)
+        scores = validated(state, processes, val_loader, config, extra_scores, epoch, run_dir)
         history = history + [{"epoch": epoch, "step": epoch * len(train_loader), "train_loss": train_loss,
-                              "train_loss_floor": train_loss_floor,
-                              **validation_scores(model, val_loader, classifier, config.amp, config.int8_eval),
-                              "lr": lr, **(extra_scores(model) if extra_scores else {}),
+                              "train_loss_floor": train_loss_floor, **scores, "lr": lr,
                               "seconds": time.perf_counter() - start}]
         if saving:
             processes.on_main(save_epoch, state, epoch, history, *saving)
     return history
+
+
+def validated(state, processes, val_loader, config, extra_scores, epoch, run_dir):
+    """The epoch's validation scores; NaN weights (finite losses can hide them) stop the run here, before the
+    epoch is saved, with where the last good checkpoint is."""
+    model = state.model.eval()
+    try:
+        classifier = build_classifier(model, config.class_names, config.eval_templates or config.templates)
+        return {**validation_scores(model, val_loader, classifier, config.amp, config.int8_eval),
+                **(extra_scores(model) if extra_scores else {})}
+    except FloatingPointError as error:  # NonFiniteError from the scores: the model's features are NaN/inf
+        raise FloatingPointError(f"Stopped: epoch {epoch} was not saved: validating it, {error} "
+                                 f"{saved_message(run_dir, processes)} "
+                                 f"Try a lower lr or amp=None (fp32).") from None
 
 
 def train_epoch(state, forward, processes, train_loader, config, epoch, run_dir=None):
