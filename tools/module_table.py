@@ -36,8 +36,14 @@ def rows() -> list[str]:
             if not path.name.startswith("__"):
                 rows.append(f"| `{Path(folder, path.stem).as_posix()}` | {summary(path)} |")
         if folder == "":
-            rows.append(f"| `checks/` | {summary(PACKAGE / 'checks' / '__init__.py')} |")
+            rows += [f"| `{package}/` | {summary(PACKAGE / package / '__init__.py')} |" for package in library_packages()]
     return rows
+
+
+def library_packages() -> list[str]:
+    """The course library's sub-packages (checks, plots): one row each, from the package's own docstring."""
+    layers = {folder for folder, _ in LAYERS}
+    return sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py") if path.parent.name not in layers)
 
 
 def table() -> str:
