@@ -15,7 +15,7 @@ Report and kit are timed alternately in one process, so a busy machine slows bot
 
 It also counts each step's floating-point operations and measures the device's fp32 matrix-product rate:
 their quotient (plus AdamW's update) is the fastest any exact fp32 step could be, and the JSON gives the
-kit's fp32 step as a fraction of it (kit_fraction_of_ceiling; the target is FRACTION_TARGET). Where the
+kit's fp32 step as a fraction of it (kit_fraction_of_ceiling; the target is speed_summary.FRACTION_TARGET). Where the
 device multiplies bf16 in hardware (a GPU, or a CPU with avx512_bf16/amx_bf16), the kit's step is also
 timed under bf16 autocast against a bf16 ceiling measured the same way, so the default precision can be
 chosen from measurements (with --precision for what bf16 costs in accuracy). On CUDA it also reports the
@@ -34,27 +34,24 @@ from pathlib import Path
 import clip
 import torch
 from clip.model import VisionTransformer
-from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from clip_helpers.replication import report  # noqa: E402
-from clip_helpers.training import optim, recipes, step  # noqa: E402
+from clip_helpers.training import optim, step  # noqa: E402
 from clip_helpers.training.config import TrainConfig  # noqa: E402
 from clip_helpers.device import autocast_dtype, cpu_has_bf16, get_device, make_scaler, precision_name  # noqa: E402
-from clip_helpers.features import encode_images  # noqa: E402
 from clip_helpers.models import build_random_clip  # noqa: E402
 from clip_helpers.quantize import int8_image_tower  # noqa: E402
-from clip_helpers.shapes import SHAPES_TEMPLATES, ShapesDataset  # noqa: E402
 from clip_helpers.text import CIFAR10_CLASSES, CIFAR10_TEMPLATES  # noqa: E402
-from clip_helpers.zeroshot import build_classifier, evaluate, logits  # noqa: E402
+from clip_helpers.zeroshot import build_classifier, evaluate  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path, the results file is beside it
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path, its modules are beside it
+import accuracy_costs  # noqa: E402
 import results_file  # noqa: E402
+from speed_summary import print_evaluation, print_training, result_figures  # noqa: E402
+from timing import interleaved_seconds, matmul_gflop_per_s, matmul_probe, step_gflop  # noqa: E402
 
-
-FRACTION_TARGET = 0.85  # the kit's exact fp32 step against the ceiling measured in the same run
 
 # Published dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by a piece of torch.cuda.get_device_name();
 # the first piece found in the name wins, so the more specific come first.
@@ -65,36 +62,6 @@ BF16_PEAK_TFLOPS = [("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200
 def bf16_peak_tflops(gpu_name):
     """The published dense bf16 peak of a GPU by name, or None when the table does not know it."""
     return next((peak for piece, peak in BF16_PEAK_TFLOPS if piece in gpu_name), None)
-
-
-def amp_name(dtype):
-    """"bfloat16", "float16", or None for fp32 (JSON null)."""
-    return None if dtype is None else str(dtype).removeprefix("torch.")
-
-
-def seconds(fn, device):
-    """Wall time of fn(), waiting for the GPU to finish so queued kernels are counted."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def interleaved_seconds(fns, device, rounds, warmup):
-    """Seconds each of `fns` took over `rounds` timed rounds after `warmup` untimed ones.
-
-    They alternate within every round, so a slowdown of the machine hits all of them alike.
-    """
-    times = [0.0] * len(fns)
-    for round_ in range(warmup + rounds):
-        for i, fn in enumerate(fns):
-            elapsed = seconds(fn, device)
-            if round_ >= warmup:
-                times[i] += elapsed
-    return times
 
 
 def synthetic_batches(n_batches, batch_size, resolution, seed=0):
@@ -128,12 +95,6 @@ def kit_precisions(device):
     """{name: amp} of the kit steps to time: always fp32 (exact), and bf16 autocast where it is hardware."""
     bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported() or device == "cpu" and cpu_has_bf16()
     return {"kit": None} | ({"kit_bf16": "bfloat16"} if bf16 else {})
-
-
-def matmul_probe(device, size, dtype):
-    """(fn, gflop): ten `dtype` products of two size x size matrices, the work one call of fn does."""
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    return (lambda: [a @ b for _ in range(10)]), 2 * size ** 3 * 10 / 1e9
 
 
 def time_training(base, batch, device, steps, warmup, matmul_size=2048):
@@ -198,14 +159,6 @@ def time_evaluation(report_model, kit_model, batches, device, repeats, warmup, t
     return result | {name: n_images / t for name, t in zip(fns, times)}
 
 
-def matmul_gflop_per_s(device, size=2048, repeats=10, dtype=torch.float32):
-    """The `dtype` matrix-product rate this device sustains (GFLOP/s): the ceiling for a ViT's training step."""
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    a @ b
-    elapsed = seconds(lambda: [a @ b for _ in range(repeats)], device)
-    return 2 * size ** 3 * repeats / elapsed / 1e9
-
-
 def training_ceilings(training, batch_size, device, matmul_size=2048):
     """The fastest an exact fp32 step (and, where timed, a bf16-autocast step) could be on this device, the
     kit's steps as fractions of them, and on CUDA the bf16 step's model FLOPs utilisation (None: unknown GPU).
@@ -231,90 +184,6 @@ def training_ceilings(training, batch_size, device, matmul_size=2048):
         achieved = training["kit_bf16_gflop"] * training["kit_bf16"] / batch_size / 1e3  # TFLOP/s
         result |= {"gpu_name": name, "gpu_bf16_peak_tflop_per_s": peak, "kit_bf16_tflop_per_s": round(achieved, 2),
                    "kit_bf16_mfu": None if peak is None else round(achieved / peak, 4)}
-    return result
-
-
-def step_gflop(step):
-    """Floating-point operations of one call of `step` (GFLOP), counted by torch's FlopCounterMode."""
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return counter.get_total_flops() / 1e9
-
-
-def precision_comparison():
-    """Seen- and held-out-pair zero-shot top-1 of mini-CLIP trained with the kit's loop in fp32 and under bf16
-    autocast (what the kit uses on GPUs; on a CPU without bf16 hardware it is emulated: slow, same rounding)."""
-    result = {}
-    for amp in (None, "bfloat16"):
-        start = time.perf_counter()
-        _, _, history = recipes.train_mini_clip({"amp": amp}, progress=False)
-        last = history.iloc[-1]
-        name = amp or "float32"
-        result[name] = {"seen_top1": round(float(last["val_top1"]), 2), "held_out_top1": round(float(last["held_out_top1"]), 2),
-                        "train_loss": round(float(last["train_loss"]), 4), "seconds": round(time.perf_counter() - start, 1)}
-        print(f"mini-CLIP on shapes, {name:8s}: seen pairs {last['val_top1']:6.2f}%  held-out pairs "
-              f"{last['held_out_top1']:6.2f}%  final train loss {last['train_loss']:.4f}")
-    result["seen_top1_difference"] = round(result["bfloat16"]["seen_top1"] - result["float32"]["seen_top1"], 2)
-    return result
-
-
-def drop_patches(keep):
-    """A forward pre-hook for visual.ln_pre: in training, keep the class token and a random `keep` share of
-    the patch tokens (FLIP's patch dropout, Li et al. 2023), so the transformer does that much less work."""
-    def hook(module, args):
-        (x,) = args
-        if not module.training:
-            return None
-        n, length, width = x.shape
-        patches = torch.rand(n, length - 1, device=x.device).argsort(dim=1)[:, :max(1, round((length - 1) * keep))] + 1
-        index = torch.cat([torch.zeros_like(patches[:, :1]), patches], dim=1)
-        return (x.gather(1, index[..., None].expand(-1, -1, width)),)
-    return hook
-
-
-def predictions(model, dataset, classifier):
-    # fp32 outside the int8 layers, always: under "auto" a CPU with bf16 hardware would make the "fp32" column bf16
-    features, labels = encode_images(model, DataLoader(dataset, batch_size=256), progress=False, precision="fp32")
-    return logits(features, classifier).argmax(dim=1), labels
-
-
-def accuracy_comparison(patch_keep=0.5, patch_dropout=True):
-    """The two speed-ups that are not exact, on the ViT mini-CLIP trained on shapes with the kit's loop
-    (recipes.MINI_VIT_RECIPE): int8 evaluation of the trained model against fp32, on the same images; and
-    (patch_dropout) training with half the patches dropped against training with all of them."""
-    recipe = recipes.MINI_VIT_RECIPE
-    model, preprocess, history = recipes.train_mini_clip(recipe, progress=False)
-    int8_model = int8_image_tower(model)
-    _, val, held_out, class_names = recipes.shapes_splits(recipe, preprocess)
-    # New images, none of them trained on, enough that one point is 15 (seen) or 12 (held-out) images: the
-    # recipe's own held-out set has 120, where one image is 0.8 points.
-    fresh = {f"fresh_{split}": recipes.rendered(ShapesDataset(split, n_per_class=n, seed=recipe["seed"] + 1,
-                                                              transform=preprocess))
-             for split, n in (("train", 50), ("heldout", 200))}
-    classifier = build_classifier(model, class_names, SHAPES_TEMPLATES)
-    result = {}
-    for name, dataset in {"seen_val": val, "held_out": held_out, **fresh}.items():
-        (fp32, labels), (int8, _) = predictions(model, dataset, classifier), predictions(int8_model, dataset, classifier)
-        row = {"n": len(labels), "fp32_top1": 100 * (fp32 == labels).float().mean().item(),
-               "int8_top1": 100 * (int8 == labels).float().mean().item(),
-               "same_prediction": 100 * (fp32 == int8).float().mean().item()}
-        result[f"int8_{name}"] = {k: round(v, 2) for k, v in row.items()}
-        print(f"ViT mini-CLIP, {name:15s} ({row['n']:4d} images): fp32 (exact) {row['fp32_top1']:6.2f}%  int8 "
-              f"{row['int8_top1']:6.2f}%  same prediction {row['same_prediction']:6.2f}%")
-    if not patch_dropout:
-        return result
-    start = time.perf_counter()
-    dropped = build_random_clip("mini-vit", seed=recipe["seed"])
-    dropped.visual.ln_pre.register_forward_pre_hook(drop_patches(patch_keep))
-    dropped_history = recipes.fit_on_shapes(dropped, recipe, progress=False)
-    for name, h in (("all patches", history), (f"{patch_keep:.0%} of patches", dropped_history)):
-        print(f"ViT mini-CLIP trained on {name:15s}: seen pairs {h['val_top1'].iloc[-1]:6.2f}%  "
-              f"held-out pairs {h['held_out_top1'].iloc[-1]:6.2f}%")
-    result["patch_dropout"] = {"keep": patch_keep, "seconds": round(time.perf_counter() - start, 1),
-                               "seen_top1": round(float(dropped_history["val_top1"].iloc[-1]), 2),
-                               "held_out_top1": round(float(dropped_history["held_out_top1"].iloc[-1]), 2),
-                               "all_patches_seen_top1": round(float(history["val_top1"].iloc[-1]), 2),
-                               "all_patches_held_out_top1": round(float(history["held_out_top1"].iloc[-1]), 2)}
     return result
 
 
@@ -347,73 +216,43 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.precision or args.accuracy:
-        result = precision_comparison() if args.precision else accuracy_comparison(patch_dropout=not args.no_patch_dropout)
-        if args.json:
-            print(json.dumps(result))
-        return result
+def run_settings(args):
+    """The device (the report's spelling, "cuda:0") and the timing settings, with their per-device defaults."""
     device = args.device or get_device()
     device = "cuda:0" if device == "cuda" else device  # the report's own spelling; its step tests device == "cpu"
     on_cpu = device == "cpu"
-    steps = args.steps or (3 if on_cpu else 20)
-    warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 3)
-    repeats = args.eval_repeats or (3 if on_cpu else 5)
+    return {"device": device, "steps": args.steps or (3 if on_cpu else 20),
+            "warmup": args.warmup if args.warmup is not None else (1 if on_cpu else 3),
+            "repeats": args.eval_repeats or (3 if on_cpu else 5),
+            "matmul_size": args.matmul_size or (2048 if on_cpu else 8192)}
+
+
+def speed_comparison(args):
+    """Time the report's and the kit's training steps and evaluations, print them, and return result_figures."""
+    settings = run_settings(args)
+    device, steps, warmup = settings["device"], settings["steps"], settings["warmup"]
     base = build_random_clip(args.model, seed=0)
-    resolution = base.visual.input_resolution
-    batches = synthetic_batches(args.eval_batches, args.batch_size, resolution)
+    batches = synthetic_batches(args.eval_batches, args.batch_size, base.visual.input_resolution)
     print(f"{args.model}, batch {args.batch_size}, device {device}, {torch.get_num_threads()} CPU threads, "
           f"kit autocast by default {autocast_dtype(device)}; {warmup} warm-up + {steps} timed steps each, interleaved")
-
-    matmul_size = args.matmul_size or (2048 if on_cpu else 8192)
-    training, report_model, kit_model = time_training(base, batches[0], device, steps, warmup, matmul_size)
-    report_train, kit_train = training["report"], training["kit"]
-    for name in ("kit", "kit_bf16"):
-        if name in training:
-            print(f"train step  report {report_train:7.2f} images/s   {name:8s} {training[name]:7.2f} images/s   "
-                  f"{name}/report {training[name] / report_train:5.2f}x")
-    ceilings = training_ceilings(training, args.batch_size, device, matmul_size)
-    print(f"            one step is {training['report_gflop']:.0f} GFLOP (report) and {training['kit_gflop']:.0f} GFLOP "
-          f"(kit). At the fp32 matmul rate measured in the same rounds, {ceilings['matmul_gflop_per_s']:.0f} GFLOP/s, plus AdamW's "
-          f"{training['kit_optimizer_seconds']:.2f} s, an exact fp32 step cannot exceed {ceilings['ceiling_images_per_s']:.2f}"
-          f" images/s; the kit's runs at {ceilings['kit_fraction_of_ceiling']:.0%} of that (target {FRACTION_TARGET:.0%})")
-    if "kit_bf16" in training:
-        print(f"            bf16: matmul {ceilings['bf16_matmul_gflop_per_s']:.0f} GFLOP/s, ceiling "
-              f"{ceilings['bf16_ceiling_images_per_s']:.2f} images/s, the kit's bf16 step at "
-              f"{ceilings['kit_bf16_fraction_of_bf16_ceiling']:.0%} of it and {ceilings['kit_bf16_speedup_over_fp32']:.2f}x "
-              f"its fp32 step")
-    if "kit_bf16_mfu" in ceilings:
-        mfu = ceilings["kit_bf16_mfu"]
-        print(f"            {ceilings['gpu_name']}: model FLOPs utilisation of the bf16 step "
-              + (f"{mfu:.1%} of {ceilings['gpu_bf16_peak_tflop_per_s']} TFLOP/s" if mfu is not None
-                 else "not available (its published bf16 peak is not in BF16_PEAK_TFLOPS)"))
+    training, report_model, kit_model = time_training(base, batches[0], device, steps, warmup, settings["matmul_size"])
+    ceilings = training_ceilings(training, args.batch_size, device, settings["matmul_size"])
+    print_training(training, ceilings)
     templates = CIFAR10_TEMPLATES if args.ensemble else ["{}"]
-    evaluation = time_evaluation(report_model, kit_model, batches, device, repeats, 1, templates)
-    for name in ("kit", "kit_int8"):
-        if name in evaluation:
-            ran = evaluation["kit_precision"] if name == "kit" else "int8"
-            print(f"evaluation  report {evaluation['report']:7.2f} images/s   {name:8s} {evaluation[name]:7.2f} images/s"
-                  f"   {name}/report {evaluation[name] / evaluation['report']:5.2f}x   (kit in {ran})")
-    if "int8_copy_seconds" in evaluation:
-        print(f"            making the int8 copy took {evaluation['int8_copy_seconds']:.2f} s, once per evaluation")
-    result = {"model": args.model, "batch_size": args.batch_size, "device": device,
-              "threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
-              "report_train_images_per_s": round(report_train, 3), "kit_train_images_per_s": round(kit_train, 3),
-              "train_speedup": round(kit_train / report_train, 3),
-              "report_train_gflop_per_step": round(training["report_gflop"], 4),
-              "kit_train_gflop_per_step": round(training["kit_gflop"], 4),
-              "kit_optimizer_seconds": round(training["kit_optimizer_seconds"], 5), "fraction_target": FRACTION_TARGET,
-              "train_amp_default": amp_name(autocast_dtype(device)), "fused_adamw": training["fused_adamw"],
-              "report_eval_images_per_s": round(evaluation["report"], 3), "kit_eval_images_per_s": round(evaluation["kit"], 3),
-              "eval_speedup": round(evaluation["kit"] / evaluation["report"], 3), "eval_batches": args.eval_batches,
-              "kit_eval_templates": len(templates), "kit_eval_precision": evaluation["kit_precision"]} | ceilings
-    if "kit_bf16" in training:
-        result["kit_bf16_train_images_per_s"] = round(training["kit_bf16"], 3)
-    if "kit_int8" in evaluation:
-        result |= {"kit_int8_eval_images_per_s": round(evaluation["kit_int8"], 3),
-                   "int8_eval_speedup": round(evaluation["kit_int8"] / evaluation["report"], 3),
-                   "int8_copy_seconds": round(evaluation["int8_copy_seconds"], 3)}
+    evaluation = time_evaluation(report_model, kit_model, batches, device, settings["repeats"], 1, templates)
+    print_evaluation(evaluation)
+    return result_figures(args, settings, training, ceilings, evaluation, templates)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.precision or args.accuracy:
+        result = (accuracy_costs.precision_comparison() if args.precision
+                  else accuracy_costs.accuracy_comparison(patch_dropout=not args.no_patch_dropout))
+        if args.json:
+            print(json.dumps(result))
+        return result
+    result = speed_comparison(args)
     if args.out:
         result["machine"] = results_file.machine()
         print("wrote {} and {}".format(*results_file.write_results(result, args.out)))

@@ -87,7 +87,7 @@ def test_published_bf16_peaks_by_gpu_name(benchmark, name, peak):
 def test_patch_dropout_keeps_the_class_token_and_a_share_of_patches(benchmark):
     from torch import nn
     layer = nn.LayerNorm(4)
-    layer.register_forward_pre_hook(benchmark.drop_patches(0.5))
+    layer.register_forward_pre_hook(benchmark.accuracy_costs.drop_patches(0.5))
     x = torch.randn(2, 17, 4, generator=torch.Generator().manual_seed(0))
     every = layer.eval()(x)
     assert every.shape == x.shape  # evaluation sees every patch

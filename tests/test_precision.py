@@ -106,5 +106,5 @@ def test_the_benchmarks_fp32_accuracy_column_is_fp32(mini, bf16_cpu, monkeypatch
     spec.loader.exec_module(benchmark)
     seen = autocast_seen(mini, monkeypatch)
     dataset = TensorDataset(torch.randn(4, 3, 32, 32), torch.arange(4) % 2)
-    benchmark.predictions(mini, dataset, build_classifier(mini, ["a", "b"], ["{}"]))
+    benchmark.accuracy_costs.predictions(mini, dataset, build_classifier(mini, ["a", "b"], ["{}"]))
     assert seen == [None]
