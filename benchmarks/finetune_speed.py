@@ -48,6 +48,7 @@ from clip_helpers.zeroshot import build_classifier, evaluate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path, its modules are beside it
 import accuracy_costs  # noqa: E402
+import profile_step  # noqa: E402
 import results_file  # noqa: E402
 from speed_summary import print_evaluation, print_training, result_figures  # noqa: E402
 from timing import interleaved_seconds, matmul_gflop_per_s, matmul_probe, step_gflop  # noqa: E402
@@ -205,6 +206,8 @@ def parse_args(argv=None):
                         help="what int8 evaluation and patch dropout cost in accuracy instead (ViT mini-CLIP on shapes)")
     parser.add_argument("--no-patch-dropout", action="store_true",
                         help="with --accuracy: only int8 against fp32, without training a second model")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profile of the kit's fp32 and bf16 steps "
+                        "(benchmarks/profile_step.py: where each step's time goes, in the results as step_profile)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--out", default=None, help="write the speed figures to this .json file and a markdown "
                         "table of the key ones, with the machine, beside it (.md); `make benchmark`: outputs/benchmark.json")
@@ -241,7 +244,15 @@ def speed_comparison(args):
     templates = CIFAR10_TEMPLATES if args.ensemble else ["{}"]
     evaluation = time_evaluation(report_model, kit_model, batches, device, settings["repeats"], 1, templates)
     print_evaluation(evaluation)
-    return result_figures(args, settings, training, ceilings, evaluation, templates)
+    result = result_figures(args, settings, training, ceilings, evaluation, templates)
+    if not args.no_profile:
+        images, labels = batches[0]
+        texts = bare_captions(labels.tolist())
+        result["step_profile"] = profile_step.step_profiles(
+            lambda amp: kit_step_for(base, device, images, labels, texts, amp)[2], device)
+        for name, profile_ in result["step_profile"].items():
+            print(profile_step.summary_line(name, profile_))
+    return result
 
 
 def main(argv=None):

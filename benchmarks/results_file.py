@@ -63,7 +63,20 @@ def markdown(result: dict) -> str:
              "| figure | value |", "|---|---|"]
     lines += [f"| {name} | {form.format(result[key])} |" for name, key, form in KEY_FIGURES
               if result.get(key) is not None]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + profile_table(result.get("step_profile"))) + "\n"
+
+
+def profile_table(step_profile) -> list[str]:
+    """Markdown lines: the share of each step's profiled time per kind of operator (benchmarks/profile_step.py)."""
+    if not step_profile:
+        return []
+    names = list(step_profile)
+    groups = list(step_profile[names[0]]["shares"])
+    lines = ["", "Where the kit's step spends its time (torch.profiler, operators' own time):", "",
+             "| operators | " + " | ".join(f"{name} step" for name in names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {group} | " + " | ".join(f"{step_profile[name]['shares'][group]:.0%}" for name in names) + " |"
+              for group in groups]
+    return lines
 
 
 def write_results(result: dict, out) -> tuple[Path, Path]:

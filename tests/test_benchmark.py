@@ -43,6 +43,11 @@ def test_benchmark_json_on_a_tiny_vit(benchmark, capsys, tmp_path):
     # Timed beside fp32 only where bf16 is hardware; emulated bf16 is slower than fp32.
     assert (bf16_keys <= result.keys()) if cpu_has_bf16() else not (bf16_keys & result.keys())
     assert "kit_bf16_mfu" not in result  # model FLOPs utilisation is a GPU figure
+    assert set(result["step_profile"]) == {"fp32", "bf16"}
+    for profile in result["step_profile"].values():
+        assert sum(profile["shares"].values()) == pytest.approx(1, abs=1e-3)
+        assert profile["shares"]["matmul_and_conv"] > 0 and profile["shares"]["optimizer"] > 0
+    assert "| matmul_and_conv |" in table
 
 
 def test_step_gflop_counts_a_matrix_product_as_2mkn(benchmark):
@@ -75,6 +80,33 @@ def test_ceilings_are_the_counted_work_at_the_measured_rate_plus_adamw(benchmark
     assert result["kit_bf16_fraction_of_bf16_ceiling"] == pytest.approx(3.0 / 12.8, abs=1e-3)
     assert result["kit_bf16_speedup_over_fp32"] == pytest.approx(1.5)
     assert "kit_bf16_mfu" not in result
+
+
+@pytest.fixture(scope="module")
+def profile_step(benchmark):
+    return benchmark.profile_step
+
+
+@pytest.mark.parametrize("op, group", [("aten::addmm", "matmul_and_conv"), ("aten::mm", "matmul_and_conv"),
+                                       ("aten::convolution_backward", "matmul_and_conv"),
+                                       ("aten::_to_copy", "casts_and_copies"), ("aten::copy_", "casts_and_copies"),
+                                       ("aten::topk", "other"), ("aten::_fused_adamw_", "optimizer"),
+                                       ("aten::_foreach_norm", "optimizer"), ("Optimizer.step#AdamW.step", "optimizer"),
+                                       ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+                                       ("aten::native_layer_norm_backward", "norms_and_activations"),
+                                       ("aten::_softmax", "norms_and_activations"), ("aten::add", "other")])
+def test_profiled_operators_fall_into_their_groups(profile_step, op, group):
+    assert profile_step.category(op) == group
+
+
+def test_a_profile_splits_a_calls_time_by_operator_group(profile_step):
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    profile = profile_step.breakdown(lambda: (a @ b).to(torch.bfloat16), warmup=1)
+    assert sum(profile["shares"].values()) == pytest.approx(1, abs=1e-3)
+    assert profile["shares"]["matmul_and_conv"] > 0 and profile["shares"]["casts_and_copies"] > 0
+    assert profile["shares"]["optimizer"] == 0 and profile["shares"]["attention"] == 0
+    ops = {row["op"] for row in profile["top_ops"]}
+    assert "aten::mm" in ops and ops & {"aten::_to_copy", "aten::copy_"}
 
 
 @pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H200", 989),
@@ -117,6 +149,15 @@ def test_results_file_holds_the_figures_and_a_table_of_the_key_ones(benchmark, t
     assert "bf16 step" not in table  # a figure the run did not measure gets no row
     assert "Some CPU" in table and "avx2" in table and "torch 9.9" in table and "2026-01-01" in table
     assert sorted(path.name for path in json_path.parent.iterdir()) == ["benchmark.json", "benchmark.md"]
+
+
+def test_results_file_has_a_row_per_operator_group_of_the_profile(benchmark, tmp_path):
+    shares = {"matmul_and_conv": 0.5, "casts_and_copies": 0.25, "other": 0.25}
+    result = FAKE_RESULT | {"step_profile": {"fp32": {"shares": shares}, "bf16": {"shares": shares | {"other": 0.3}}}}
+    _, table_path = benchmark.results_file.write_results(result, tmp_path / "benchmark.json")
+    table = table_path.read_text()
+    assert "| operators | fp32 step | bf16 step |" in table
+    assert "| matmul_and_conv | 50% | 50% |" in table and "| other | 25% | 30% |" in table
 
 
 def test_results_file_must_be_json(benchmark, tmp_path):
