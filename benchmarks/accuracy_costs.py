@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from clip_helpers.features import encode_images
 from clip_helpers.models import build_random_clip
-from clip_helpers.quantize import int8_image_tower
+from clip_helpers.quantize import first_images, int8_image_tower
 from clip_helpers.shapes import SHAPES_TEMPLATES, ShapesDataset
 from clip_helpers.training import recipes
 from clip_helpers.zeroshot import build_classifier, logits
@@ -60,8 +60,8 @@ def accuracy_comparison(patch_keep=0.5, patch_dropout=True):
     (patch_dropout) training with half the patches dropped against training with all of them."""
     recipe = recipes.MINI_VIT_RECIPE
     model, preprocess, history = recipes.train_mini_clip(recipe, progress=False)
-    int8_model = int8_image_tower(model)
     _, val, held_out, class_names = recipes.shapes_splits(recipe, preprocess)
+    int8_model = int8_image_tower(model, first_images(DataLoader(val, batch_size=64)))  # as evaluate calibrates
     # New images, none of them trained on, enough that one point is 15 (seen) or 12 (held-out) images: the
     # recipe's own held-out set has 120, where one image is 0.8 points.
     fresh = {f"fresh_{split}": recipes.rendered(ShapesDataset(split, n_per_class=n, seed=recipe["seed"] + 1,

@@ -150,7 +150,7 @@ def time_evaluation(report_model, kit_model, batches, device, repeats, warmup, t
     result = {}
     if device == "cpu" and isinstance(kit_model.visual, VisionTransformer):
         start = time.perf_counter()
-        int8_model = int8_image_tower(kit_model)
+        int8_model = int8_image_tower(kit_model, calibration_images=batches[0][0])
         result["int8_copy_seconds"] = time.perf_counter() - start
         fns["kit_int8"] = zero_shot(int8_model)
     n_images = repeats * sum(len(images) for images, _ in batches)

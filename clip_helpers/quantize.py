@@ -7,8 +7,10 @@ It reaches only modules that are nn.Linear: nn.MultiheadAttention keeps its inpu
 matrix, so we first swap it for the same math written with nn.Linear layers.
 
 torch's dynamic quantization takes one activation scale for the whole input tensor, so an image's features
-would depend on the other images of its batch. RowScaledInt8Linear quantizes each row (token) on its own
-scale instead, which makes every image's int8 features the same in any batch.
+would depend on the other images of its batch. Two ways keep every image's int8 features the same in any
+batch: FixedRangeInt8Linear quantizes its input on a range measured once, on calibration images, then fixed
+(the faster: no pass over the input to find its range); RowScaledInt8Linear, without calibration images,
+quantizes each row (token) on its own scale.
 """
 import copy
 import itertools
@@ -120,6 +122,56 @@ class RowScaledInt8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+class FixedRangeInt8Linear(nn.Module):
+    """An nn.Linear in int8 whose input is quantized on a fixed scale, [low, high] (0 included, measured on
+    calibration images) mapped to levels 0..127: half the 8 bits, as torch's dynamic kernel does on x86
+    (reduce_range), so that sums of two 8-bit products fit its 16-bit registers. Inputs above `high` use the
+    levels above 127 and saturate at 255, where the kernel's sums may saturate too: calibrate on images like
+    those to be encoded."""
+
+    def __init__(self, linear: nn.Linear, low: float, high: float, quantize_dynamic):
+        super().__init__()
+        self.packed_weight = quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)[0]._packed_params
+        low, high = min(low, 0.0), max(high, 0.0)
+        self.scale = max((high - low) / 127, 1e-12)
+        self.zero_point = int(round(-low / self.scale))
+
+    def forward(self, x):
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            x, self.scale, self.zero_point, self.packed_weight._packed_params)
+
+
+def input_ranges(module, run) -> dict:
+    """{name: (low, high)} of the input of every nn.Linear inside `module` while run() runs."""
+    ranges = {}
+
+    def record(name):
+        def hook(_, args):
+            low, high = ranges.get(name, (float("inf"), float("-inf")))
+            ranges[name] = (min(low, args[0].min().item()), max(high, args[0].max().item()))
+        return hook
+
+    hooks = [child.register_forward_pre_hook(record(name)) for name, child in module.named_modules()
+             if isinstance(child, nn.Linear)]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ranges
+
+
+def with_fixed_range_int8(module, ranges, quantize_dynamic, prefix=""):
+    """`module` with every nn.Linear inside it replaced by a FixedRangeInt8Linear on its range (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, FixedRangeInt8Linear(child, *ranges[prefix + name], quantize_dynamic))
+        else:
+            with_fixed_range_int8(child, ranges, quantize_dynamic, f"{prefix}{name}.")
+    return module
+
+
 def with_row_scaled_int8(module, quantize_dynamic):
     """`module` with every nn.Linear inside it replaced by a RowScaledInt8Linear (in place)."""
     for name, child in module.named_children():
@@ -151,11 +203,19 @@ def text_tower_tensors(model):
     return {id(tensor): tensor for name, tensor in tensors if not name.startswith("visual.")}
 
 
-def int8_image_tower(model):
+def first_images(loader):
+    """The images of a loader's first (images, labels) batch, to calibrate an int8 copy on; None when it is empty."""
+    batch = next(iter(loader), None)
+    return None if batch is None else batch[0]
+
+
+def int8_image_tower(model, calibration_images=None):
     """A copy of `model` (CPU, eval mode) whose ViT image tower runs its linear layers in int8; it shares the fp32 text tower.
 
-    Each image's features are the same in any batch (RowScaledInt8Linear). Use it for the images of a
-    zero-shot evaluation; build the classifier from either copy (same text
+    Each image's features are the same in any batch. With `calibration_images` (a batch like those to be
+    encoded, e.g. an evaluation's first) every layer's input range is measured on them once, then fixed
+    (FixedRangeInt8Linear, the faster); without, each token is quantized on its own scale (RowScaledInt8Linear).
+    Use it for the images of a zero-shot evaluation; build the classifier from either copy (same text
     tower). Making the copy takes a while (the README gives the time for ViT-B/32), so make it once per evaluation, not per batch.
     """
     if model.positional_embedding.device.type != "cpu":
@@ -173,7 +233,16 @@ def int8_image_tower(model):
         # torch marks its eager quantization deprecated in favour of torchao, whose CPU int8 path needs
         # torch.compile; this one still works in eager mode, and the tests check its numbers.
         warnings.filterwarnings("ignore", message=".*(deprecated|quantize_per_tensor).*")
-        model.visual.transformer = Float32(with_row_scaled_int8(transformer, quantize_dynamic))
+        if calibration_images is None:
+            model.visual.transformer = Float32(with_row_scaled_int8(transformer, quantize_dynamic))
+        elif not hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"):
+            raise RuntimeError(f"torch {torch.__version__} lacks the fixed-range int8 kernel: call int8_image_tower "
+                               "without calibration_images (each token on its own scale), or install environment.yml's torch.")
+        else:
+            images = calibration_images.to(torch.float32)
+            with torch.autocast("cpu", enabled=False):
+                ranges = input_ranges(transformer, lambda: model.encode_image(images))
+            model.visual.transformer = Float32(with_fixed_range_int8(transformer, ranges, quantize_dynamic))
     # clip's forward applies ln_post, then proj unless it is None: the projection moves behind ln_post.
     model.visual.ln_post = nn.Sequential(model.visual.ln_post, PerImageProjection(model.visual.proj))
     model.visual.proj = None

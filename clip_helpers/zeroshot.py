@@ -1,11 +1,10 @@
 """Zero-shot classification: class prompts become a linear classifier over image features."""
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, top_k_accuracy_score
 
 from .device import precision_name
 from .features import encode_images
-from .quantize import int8_image_tower
+from .quantize import first_images, int8_image_tower
 from .similarity import check_finite, normalize
 from .text import encode_texts, fill, list_of_strings, same_captions
 
@@ -61,6 +60,9 @@ def scores(image_features: torch.Tensor, labels, classifier: torch.Tensor) -> di
     The mean per-class recall averages over the classes that have images (a class without any has no recall);
     the confusion matrix keeps a row and a column for every class of the classifier.
     """
+    # imported here: sklearn takes about a second to import, and most lessons import this module without scoring
+    from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, top_k_accuracy_score
+
     labels = torch.as_tensor(labels).cpu().numpy()
     n_classes = len(classifier)
     class_logits = logits(image_features.cpu(), classifier.cpu()).numpy()
@@ -84,11 +86,11 @@ def evaluate(model, loader, classifier: torch.Tensor, progress: bool = False, in
     `precision` is that of the image tower ("auto", "fp32", "bf16", "fp16"; see features.encode_images), and
     the result's "precision" says which ran ("fp32" is exactly model.encode_image in fp32).
     int8=True encodes the images with an int8 copy of a ViT image tower (clip_helpers.quantize), made
-    once here: faster on a CPU, and not exact; its other layers run in fp32 unless `precision` asks otherwise
+    once here and calibrated on the loader's first batch: faster on a CPU, and not exact; its other layers run in fp32 unless `precision` asks otherwise
     ("auto" means fp32 there), and the result says "int8" (or e.g. "int8+bf16").
     """
     if int8:
-        model = int8_image_tower(model)
+        model = int8_image_tower(model, first_images(loader))
         precision = "fp32" if precision == "auto" else precision
     image_features, labels = encode_images(model, loader, progress=progress, precision=precision)
     ran = precision_name(model.positional_embedding.device, precision)

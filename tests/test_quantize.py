@@ -7,7 +7,8 @@ from clip.model import QuickGELU
 from torch import nn
 
 from clip_helpers.models import build_random_clip
-from clip_helpers.quantize import LinearAttention, int8_image_tower, with_linear_attention, with_silu_mlps
+from clip_helpers.quantize import (FixedRangeInt8Linear, LinearAttention, int8_image_tower, with_linear_attention,
+                                   with_silu_mlps)
 from torch.utils.data import DataLoader, TensorDataset
 
 from clip_helpers.features import encode_images
@@ -79,10 +80,11 @@ def test_int8_copy_shares_the_text_weights_but_not_the_training_mode(vit):
     assert model.training and model.transformer.training  # the original keeps its mode
 
 
-def test_an_images_int8_features_do_not_depend_on_its_batch(vit):
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_an_images_int8_features_do_not_depend_on_its_batch(vit, calibrated):
     torch.manual_seed(3)
     images = torch.randn(20, 3, 32, 32)
-    int8 = int8_image_tower(vit)
+    int8 = int8_image_tower(vit, torch.randn(32, 3, 32, 32) if calibrated else None)
     with torch.no_grad():
         whole = int8.encode_image(images)
         for batch_size in (1, 8):
@@ -102,3 +104,31 @@ def test_int8_evaluation_encodes_the_same_features_at_any_batch_size(vit):
     assert torch.equal(first, second)
     classifier = build_classifier(vit, ["red", "green", "blue", "yellow"], ["a {} shape."])
     assert evaluate(vit, DataLoader(dataset, batch_size=8), classifier, int8=True)["precision"] == "int8"
+
+
+def test_a_fixed_range_int8_layer_is_the_linear_layer_of_its_quantized_input_and_weight():
+    torch.manual_seed(5)
+    linear = nn.Linear(64, 48)
+    layer = FixedRangeInt8Linear(linear, -2.0, 3.0, torch.ao.quantization.quantize_dynamic)
+    assert layer.scale == pytest.approx(5.0 / 127) and layer.zero_point == round(2.0 / (5.0 / 127))
+    x = torch.empty(10, 64).uniform_(-2.0, 3.0)
+    # by hand: x on the fixed scale, the weight as int8 stores it, fp32 bias
+    x_int8 = torch.quantize_per_tensor(x, layer.scale, layer.zero_point, torch.quint8).dequantize()
+    weight, bias = layer.packed_weight._weight_bias()
+    expected = F.linear(x_int8, weight.dequantize(), bias)
+    assert torch.allclose(layer(x), expected, atol=1e-4)
+    assert not torch.equal(x_int8, x) and (layer(x) - linear(x)).abs().max() < 0.1  # rounded, and close
+
+
+def test_a_calibrated_int8_tower_is_close_to_fp32_with_no_dynamic_layers_left(vit):
+    torch.manual_seed(6)
+    images = torch.randn(16, 3, 32, 32)
+    int8 = int8_image_tower(vit, calibration_images=torch.randn(32, 3, 32, 32))
+    fixed = [m for m in int8.visual.modules() if isinstance(m, FixedRangeInt8Linear)]
+    assert len(fixed) == 4 * vit.visual.transformer.layers
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8.visual.modules()
+                   if not isinstance(m, FixedRangeInt8Linear))
+    with torch.no_grad():
+        expected, got = vit.encode_image(images), int8.encode_image(images)
+    assert not torch.equal(got, expected)
+    assert F.cosine_similarity(got, expected).min() > 0.99

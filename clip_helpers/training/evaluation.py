@@ -3,7 +3,7 @@ import torch
 
 from ..device import amp_context
 from ..losses import clip_loss, inbatch_ceiling, loss_floor
-from ..quantize import int8_image_tower
+from ..quantize import first_images, int8_image_tower
 from ..zeroshot import scores
 
 
@@ -30,12 +30,13 @@ def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | No
     nor the in-batch score 100%; batches.val_loader_for's batches hold distinct classes (floor 0, ceiling 100%).
 
     The class prompts were encoded once into `classifier`; row c also serves as the caption of class c.
-    int8=True encodes the images with clip_helpers.quantize.int8_image_tower(model), made once here.
+    int8=True encodes the images with clip_helpers.quantize.int8_image_tower(model), made once here and
+    calibrated on the loader's first batch.
     """
     device = model.positional_embedding.device
     logit_scale = model.logit_scale.exp().float()
     if int8:
-        model = int8_image_tower(model)
+        model = int8_image_tower(model, first_images(val_loader))
     classifier = classifier.to(device)
     all_features, all_labels, total_loss, inbatch_right, total_floor, inbatch_max = [], [], 0.0, 0.0, 0.0, 0.0
     for images, labels in val_loader:
