@@ -242,3 +242,55 @@ def test_command_line_help_documents_both_flags(capsys):
         finetune.parse_args(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--accum-steps K" in out and "GradCache" in out and "{clip,siglip}" in out and "bias" in out
+
+
+# ---------------------------------------------------------------- torchrun: N processes x K chunks
+
+WORLD = 2
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_process_worker(rank, port, out_dir):
+    """One of torchrun's two processes (its environment set as torchrun sets it): 2 chunks of its 4 pairs."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    if sys.platform == "linux":
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    from clip_helpers.training import distributed
+    distributed.init_from_env(device="cpu", timeout_s=120)
+    for loss in ("clip", "siglip"):
+        weights, history = trained(build_random_clip("mini-vit", seed=0), RunFolder(os.path.join(out_dir, loss)),
+                                   loss=loss, accum_steps=2)
+        torch.save({"weights": weights, "train_loss": history["train_loss"].item()},
+                   os.path.join(out_dir, f"{loss}-rank{rank}.pt"))
+    distributed.cleanup()
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("two")
+    mp.spawn(two_process_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    return out_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_two_processes_of_two_chunks_step_as_one_process_of_four(base, two_process_runs, tmp_path, loss):
+    one, one_history = trained(base, RunFolder(str(tmp_path / loss)), loss=loss, accum_steps=4)
+    for rank in range(WORLD):
+        found = torch.load(two_process_runs / f"{loss}-rank{rank}.pt", weights_only=True)
+        print(f"{loss}, rank {rank}: 2 processes x 2 chunks vs 1 x 4: "
+              f"{worst_step_difference(found['weights'], one, base.state_dict()):.2f} of the tolerance")
+        assert found["train_loss"] == pytest.approx(one_history["train_loss"].item(), rel=1e-6)
+        assert worst_step_difference(found["weights"], one, base.state_dict()) <= 1
+    saved = [torch.load(folder / loss / "checkpoint.pt", weights_only=True) for folder in (two_process_runs, tmp_path)]
+    assert json.loads((two_process_runs / loss / "run.json").read_text())["accum_steps"] == 2
+    if loss == "siglip":  # the bias, outside DDP, sees the gathered loss's whole gradient on every process
+        assert saved[0]["loss"]["bias"].item() == pytest.approx(saved[1]["loss"]["bias"].item(), abs=1e-6)
+        assert saved[1]["loss"]["bias"].item() != SIGLIP_BIAS
