@@ -21,13 +21,17 @@ Step 3 must reproduce step 1's features exactly, or the cached gradients belong 
   A ViT tower (LayerNorm only) has none of this: GradCache equals the one pass up to rounding.
 The cost: every chunk is encoded twice (about 1.3-1.5x the compute of a step); the memory is one chunk's.
 
-`grad_cache_backward` is the whole step up to `optimizer.step()`; under torchrun, call it on this
-process's share with a loss that gathers features (distributed.distributed_clip_loss), wrapping all but
-the last chunk's backward in DDP's no_sync (not done here: the kit's training loop wires that in).
+`grad_cache_backward` is the whole step up to `optimizer.step()` (step.train_step calls it when
+TrainConfig.accum_steps > 1). Under torchrun each process calls it on its share with a loss that gathers the
+features (distributed_clip_loss, SigmoidLoss) and the DDP wrapper as `forward`: N processes x K chunks,
+the loss over all N x K chunks' features, and all but the last chunk's backward in DDP's no_sync.
 """
+import contextlib
+
 import torch
 from torch import nn
 
+from ..device import amp_context
 from ..losses import clip_loss
 from .step import clip_features
 
@@ -56,13 +60,19 @@ def set_rng_state(state, device: torch.device) -> None:
         torch.cuda.set_rng_state(cuda, device)
 
 
-def encode_pairs(model: nn.Module, images: torch.Tensor, texts: list[str]):
-    """(image_features, text_features) in fp32, unnormalised, as train_step computes them."""
-    image_features, text_features, _ = clip_features(model, images, texts)
-    return image_features.float(), text_features.float()
+def encode_pairs(model: nn.Module, images: torch.Tensor, texts: list[str], forward=None, amp: str | None = None):
+    """(image_features, text_features, logit_scale), the features in fp32 and unnormalised, as train_step computes
+    them: through `forward` (the DDP wrapper under torchrun; None: the model's own towers), under autocast `amp`."""
+    with amp_context(images.device, amp):
+        image_features, text_features, logit_scale = (forward or clip_features_of(model))(images, texts)
+    return image_features.float(), text_features.float(), logit_scale
 
 
-def cached_features(model, images, texts, slices):
+def clip_features_of(model):
+    return lambda images, texts: clip_features(model, images, texts)
+
+
+def cached_features(model, images, texts, slices, forward=None, amp=None):
     """Step 1: the features of every chunk without autograd, and the RNG state each chunk started from."""
     device = images.device
     buffers = [buffer.detach().clone() for buffer in model.buffers()]
@@ -70,7 +80,7 @@ def cached_features(model, images, texts, slices):
     with torch.no_grad():
         for part in slices:
             states.append(rng_state(device))
-            image_features, text_features = encode_pairs(model, images[part], texts[part])
+            image_features, text_features, _ = encode_pairs(model, images[part], texts[part], forward, amp)
             image_parts.append(image_features)
             text_parts.append(text_features)
     with torch.no_grad():  # BatchNorm's running statistics: step 3 updates them, step 1 must leave no trace
@@ -80,31 +90,61 @@ def cached_features(model, images, texts, slices):
 
 
 def grad_cache_backward(model: nn.Module, images: torch.Tensor, texts: list[str], labels=None,
-                        num_chunks: int = 2, loss_of=clip_loss, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+                        num_chunks: int = 2, loss_of=clip_loss, logit_scale: torch.Tensor | None = None, *,
+                        forward=None, amp: str | None = None, scale=None, check=None) -> torch.Tensor:
     """The loss of the whole batch (detached), its gradient left in every parameter's .grad (added to what is there).
 
     `model`: a CLIP model. `loss_of(image_features, text_features, logit_scale, labels)`:
     clip_loss, siglip.SigmoidLoss(), ... on the whole batch; parameters of the loss itself (SigLIP's bias)
-    get their gradient too. `logit_scale`: the multiplier, by default the model's logit_scale.exp().
+    get their gradient too. `logit_scale`: the multiplier, by default the model's, which then gets its gradient
+    through the last chunk's backward (under DDP every parameter must take part in the backward that syncs).
+    As train_step calls it: `forward` the DDP wrapper under torchrun (all but the last chunk's backward then run
+    in its no_sync, so gradients are all-reduced once per step), `amp` the autocast, `scale` the GradScaler's
+    scale (the fp16 loss scaling), `check(loss)` called before any backward (train_step's stop on NaN/inf).
     The result equals loss.backward() on one pass over the batch (see the module docstring for BatchNorm).
     """
     texts = list(texts)
     if len(texts) != len(images):
         raise ValueError(f"{len(images)} images but {len(texts)} texts: give one caption per image")
     slices = chunk_slices(len(images), num_chunks)
-    image_cache, text_cache, states = cached_features(model, images, texts, slices)
+    image_cache, text_cache, states = cached_features(model, images, texts, slices, forward, amp)
     image_cache.requires_grad_(True)
     text_cache.requires_grad_(True)
-    if logit_scale is None:
-        logit_scale = model.logit_scale.exp()
+    scale_cache = None
+    if logit_scale is None:  # cached like the features: its gradient goes in with the last chunk's
+        scale_cache = logit_scale = model.logit_scale.exp().detach().requires_grad_(True)
     loss = loss_of(image_cache, text_cache, logit_scale, labels)
-    loss.backward()  # gradients of the features (cached) and of logit_scale and the loss's own parameters (final)
-    device = images.device
-    for part, state in zip(slices, states):
-        set_rng_state(state, device)
-        image_features, text_features = encode_pairs(model, images[part], texts[part])
-        torch.autograd.backward([image_features, text_features], [image_cache.grad[part], text_cache.grad[part]])
+    if check is not None:
+        check(loss)
+    (loss if scale is None else scale(loss)).backward()  # the gradients of the features (cached) and the loss's own parameters
+    chunks_backward(model, images, texts, slices, states, (image_cache, text_cache, scale_cache), forward, amp)
     return loss.detach()
+
+
+def chunks_backward(model, images, texts, slices, states, caches, forward=None, amp=None) -> None:
+    """Step 3: every chunk encoded again with autograd, the cached gradients pushed through it; under DDP all but
+    the last chunk in no_sync. logit_scale's cached gradient (if any) goes in once, with the last chunk."""
+    image_cache, text_cache, scale_cache = caches
+    no_sync = getattr(forward, "no_sync", contextlib.nullcontext)
+    for number, (part, state) in enumerate(zip(slices, states), 1):
+        last = number == len(slices)
+        with contextlib.nullcontext() if last else no_sync():
+            set_rng_state(state, images.device)
+            image_features, text_features, logit_scale = encode_pairs(model, images[part], texts[part], forward, amp)
+            outputs, grads = [image_features, text_features], [image_cache.grad[part], text_cache.grad[part]]
+            if last and scale_cache is not None and scale_cache.grad is not None:
+                outputs.append(logit_scale)
+                grads.append(scale_cache.grad.to(logit_scale.dtype))
+            torch.autograd.backward(outputs, grads)
+
+
+def in_chunks(accum_steps: int):
+    """train_step's `backward` for accum_steps > 1: the GradCache step, called as step.one_pass_backward is.
+    A batch smaller than accum_steps (a short last batch) is cut into as many chunks as it has pairs: the
+    gradient is the whole batch's however it is cut."""
+    def backward(model, images, texts, labels, **options):
+        return grad_cache_backward(model, images, texts, labels, min(accum_steps, len(images)), **options)
+    return backward
 
 
 def naive_accumulation_backward(model: nn.Module, images: torch.Tensor, texts: list[str], labels=None,
@@ -115,7 +155,7 @@ def naive_accumulation_backward(model: nn.Module, images: torch.Tensor, texts: l
     slices = chunk_slices(len(images), num_chunks)
     total = 0.0
     for part in slices:
-        image_features, text_features = encode_pairs(model, images[part], list(texts)[part])
+        image_features, text_features, _ = encode_pairs(model, images[part], list(texts)[part])
         chunk_labels = None if labels is None else torch.as_tensor(labels)[part]
         loss = loss_of(image_features, text_features, model.logit_scale.exp(), chunk_labels) / len(slices)
         loss.backward()

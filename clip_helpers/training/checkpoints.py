@@ -138,9 +138,14 @@ def differences(saved, current):
             for key in keys if saved.get(key, missing) != current.get(key, missing)]
 
 
+# Settings added after run.json existed, with the value every run recorded without them trained with: such a
+# run resumes with that value (and is refused with another), not refused for the record's age.
+ADDED_LATER = {"accum_steps": 1, "loss": "clip"}
+
+
 def check_same_run(saved, current, run_dir):
     """Refuse to resume with another configuration: the saved schedule, data and weights belong to the old one."""
-    changed = differences(saved or {}, current)
+    changed = differences({**ADDED_LATER, **saved} if saved else {}, current)
     if changed:
         raise RunFolderError(
             f"Cannot resume {run_dir} with other settings; it was started with different ones (old -> new): "

@@ -24,6 +24,8 @@ class TrainConfig:
     seed: int = 0
     amp: str | None = "auto"  # "auto": device.autocast's choice; None: fp32; "bfloat16"/"float16": forced
     int8_eval: bool = False  # validate with an int8 copy of a ViT image tower (CPU only; faster, not exact)
+    accum_steps: int = 1  # chunks per step (GradCache): the batch stays the global batch, memory is one chunk's
+    loss: str = "clip"  # "clip" (softmax over the batch) or "siglip" (sigmoid, with a learnable bias)
     progress: bool = field(default=True, metadata=NOT_RECORDED)
 
     def __post_init__(self):

@@ -3,6 +3,7 @@
     python -m clip_helpers.training.finetune --model ViT-B/32 --dataset caltech256 --epochs 5 --batch-size 32
     python -m clip_helpers.training.finetune --model mini --dataset shapes --epochs 3 --batch-size 64   # offline
     python -m clip_helpers.training.finetune --model ViT-B/32 --dataset my_photos/   # a folder, one sub-folder per class
+    python -m clip_helpers.training.finetune --batch-size 256 --accum-steps 8 --loss siglip ...   # 8 chunks of 32
     torchrun --standalone --nproc_per_node 4 -m clip_helpers.training.finetune --batch-size 256 ...   # 4 GPUs, one run
 
 Prints the history and writes it as history.csv in the run folder (<data-dir>/runs/<run>/), beside the
@@ -11,6 +12,7 @@ checkpoint that --resume continues from. A run folder holds one run: a new run i
 Under torchrun, --batch-size is the global batch (split over the processes) and rank 0 prints and writes.
 """
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ from ..device import PRECISIONS, get_device, precision_amp, precision_name
 from .interrupts import exit_status, sigterm_raises, stopped
 from .config import FineTuneData, RunFolder, TrainConfig
 from .recipes import default_lr, default_run, fine_tune_on
-from .settings import SettingsError, at_least, fine_tune_problems, positive_float
+from .settings import LOSSES, SettingsError, at_least, fine_tune_problems, positive_float
 from ..sources import KIT_PREFIX, SOURCES, registry_name
 
 
@@ -62,12 +64,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "or fp32 (exact), bf16, fp16; the run prints which ran")
     parser.add_argument("--int8-eval", action="store_true",
                         help="validate with an int8 image tower (CPU, ViT models): faster, not exact")
+    parser.add_argument("--accum-steps", type=at_least(1), default=1, metavar="K",
+                        help="compute each step in K chunks (GradCache): the gradient of the whole --batch-size "
+                             "(every pair's negatives kept), the memory of 1/K of it, about 1.3-1.5x the time; K must "
+                             "divide each process's share of the batch (default 1: one pass)")
+    parser.add_argument("--loss", choices=LOSSES, default="clip",
+                        help="clip: CLIP's softmax loss; siglip: SigLIP's sigmoid loss (each pair a yes/no decision, "
+                             "a learnable bias from -10, temperature from 10)")
     args = parser.parse_args(argv)
     problems = fine_tune_problems(num_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                   train_size=args.train_size, val_size=args.val_size, workers=args.workers,
-                                  resume=args.resume, overwrite=args.overwrite)
+                                  resume=args.resume, overwrite=args.overwrite, accum_steps=args.accum_steps,
+                                  world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if problems:  # the checks fine_tune_on makes, here at parse time, in the options' own names
-        parser.error("; ".join(problems).replace("resume and overwrite", "--resume and --overwrite"))
+        parser.error("; ".join(problems).replace("resume and overwrite", "--resume and --overwrite")
+                     .replace("accum_steps", "--accum-steps"))
     return args
 
 
@@ -95,7 +106,8 @@ def settings_of(args, run: str) -> tuple[FineTuneData, TrainConfig, RunFolder]:
                         train_size=args.train_size, val_size=args.val_size, workers=args.workers,
                         data_dir=args.data_dir, device=args.device)
     config = TrainConfig(num_epochs=args.epochs, lr=default_lr(args.model) if args.lr is None else args.lr,
-                         int8_eval=args.int8_eval, amp=precision_amp(args.precision), progress=not args.no_progress)
+                         int8_eval=args.int8_eval, amp=precision_amp(args.precision), progress=not args.no_progress,
+                         accum_steps=args.accum_steps, loss=args.loss)
     return data, config, RunFolder(Path(args.data_dir) / "runs" / run, resume=args.resume, overwrite=args.overwrite)
 
 

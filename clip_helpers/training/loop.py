@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 
 from ..device import make_scaler
 from ..losses import loss_floor
+from ..siglip import SigmoidLoss, use_siglip_temperature
 from ..zeroshot import build_classifier
+from .accumulation import in_chunks
 from .batches import check_loaders, dataset_size
 from .checkpoints import describe_run, last_checkpoint_message, save_checkpoint
 from .config import RunFolder, TrainConfig
@@ -33,7 +35,7 @@ from .interrupts import sigterm_raises, stopped
 from .optim import make_optimizer, make_scheduler
 from .processes import OneProcess, processes_for
 from .seeds import epoch_seed, restore_rng_states, seed_everything
-from .settings import check_captions
+from .settings import SettingsError, accumulation_problem, check_captions
 from .state import TrainingState
 from .step import LOGIT_SCALE_MAX, texts_for, train_step
 
@@ -73,6 +75,11 @@ def fine_tune(model, train_loader, val_loader, config: TrainConfig, run_folder: 
     One process or several is decided here, once (processes.processes_for); one process imports nothing
     distributed.
 
+    config.accum_steps K > 1: each step's batch is encoded in K chunks (GradCache, training.accumulation), for the
+    memory of one chunk and the update of the whole batch; under torchrun, N processes x K chunks, the loss over
+    the features of all N x K. config.loss "siglip": SigLIP's sigmoid loss, its bias trained and checkpointed
+    with the model and the temperature started at 10; the validation loss stays CLIP's (comparable across runs).
+
     Before any work it refuses loaders that cannot train (batches.check_loaders) and captions longer than the
     model's context (settings.check_captions). SIGTERM (`timeout`, a scheduler) stops it as Ctrl-C does: it
     raises interrupts.Terminated, a KeyboardInterrupt, whose message says where the last checkpoint is.
@@ -82,17 +89,32 @@ def fine_tune(model, train_loader, val_loader, config: TrainConfig, run_folder: 
     processes = processes_for(model)
     train_loader = processes.shard(train_loader, config.seed)
     check_loaders(model, train_loader, val_loader, processes.world_size)
+    check_accumulation(config, train_loader, processes.world_size)
     check_captions(config.class_names, [*config.templates, *(config.eval_templates or [])], model.context_length)
     with sigterm_raises():
         return pd.DataFrame(trained_history(model, train_loader, val_loader, config, run_folder, processes,
                                             extra_scores))
 
 
+def check_accumulation(config, train_loader, world_size: int) -> None:
+    """Refuse accum_steps that do not cut this process's batches into equal chunks (settings.accumulation_problem)."""
+    local = getattr(train_loader, "batch_size", None)
+    problem = local and accumulation_problem(config.accum_steps, local * world_size, world_size)
+    if problem:
+        raise SettingsError(f"TrainConfig: {problem}.")
+
+
 def training_state(model, config, steps_per_epoch) -> TrainingState:
-    optimizer = make_optimizer(model, config)
+    """A new run's state. SigLIP's loss brings a learnable bias (trained and saved with the model) and starts
+    the model's temperature where SigLIP starts it (logit_scale 10, bias -10); a resume then loads both."""
+    device = model.positional_embedding.device
+    loss = SigmoidLoss().to(device) if config.loss == "siglip" else None
+    if loss is not None:
+        use_siglip_temperature(model)
+    optimizer = make_optimizer(model, config, *([loss] if loss is not None else []))
     return TrainingState(model, optimizer,
                          make_scheduler(optimizer, config.num_epochs * steps_per_epoch, config.warmup_fraction),
-                         make_scaler(model.positional_embedding.device, config.amp))
+                         make_scaler(device, config.amp), loss)
 
 
 def trained_history(model, train_loader, val_loader, config, run_folder, processes, extra_scores=None) -> list[dict]:
@@ -167,12 +189,16 @@ def train_epoch(state, forward, processes, train_loader, config, epoch, run_dir=
     """(mean training loss, its floor, lr of the last step) of one epoch; `forward`: see step.train_step.
 
     The floor is the mean over the epoch's batches of losses.loss_floor(batch labels): shuffled training batches
-    hold several images of a class, whose targets the multi-positive loss shares, so it cannot reach 0.
+    hold several images of a class, whose targets the multi-positive loss shares, so it cannot reach 0. The
+    sigmoid loss has no such floor (same-class pairs are all positives, each its own binary decision): 0.
+    config.accum_steps > 1 computes each step in chunks (accumulation.in_chunks): the same update, less memory.
     """
     reseed_sampler(train_loader, config.seed, epoch)
     text_generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 500_000_000)
     state.model.train()
     losses, floors = [], []
+    loss_of = state.loss if state.loss is not None else processes.loss  # SigmoidLoss gathers under torchrun itself
+    backward = in_chunks(config.accum_steps) if config.accum_steps > 1 else None
     # tqdm.auto given the loader itself would call iter() on it twice (its asyncio variant does it
     # eagerly), starting DataLoader workers twice; a bar updated by hand does not.
     bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{config.num_epochs}", leave=False,
@@ -184,14 +210,14 @@ def train_epoch(state, forward, processes, train_loader, config, epoch, run_dir=
         lr = state.optimizer.param_groups[0]["lr"]
         try:
             loss = train_step(state.model, images, labels, texts, state.optimizer, state.scaler, config.grad_clip,
-                              config.amp, forward=forward, loss=processes.loss)
+                              config.amp, forward=forward, loss=loss_of, backward=backward)
         except FloatingPointError as error:
             raise FloatingPointError(
                 f"Stopped: {error} at epoch {epoch}, step {len(losses) + 1} (lr {lr:.3g}). "
                 f"{saved_message(run_dir, processes)} Try a lower lr or amp=None (fp32).") from None
         state.scheduler.step()
         losses.append(loss)
-        floors.append(loss_floor(batch_labels))
+        floors.append(0.0 if state.loss is not None else loss_floor(batch_labels))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
     bar.close()

@@ -2,10 +2,12 @@
 import torch
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: matrices decay; gains, biases, embeddings and logit_scale do not (shrinking them only hurts)."""
+def parameter_groups(model: torch.nn.Module, weight_decay: float, *others: torch.nn.Module) -> list[dict]:
+    """Two AdamW groups: matrices decay; gains, biases, embeddings and logit_scale do not (shrinking them only hurts).
+    `others`: modules trained with the model (a loss's own parameters: siglip.SigmoidLoss's bias)."""
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
+    named = [item for module in (model, *others) for item in module.named_parameters()]
+    for name, parameter in named:
         if parameter.ndim < 2 or "embedding" in name or "logit_scale" in name:
             no_decay.append(parameter)
         else:
@@ -13,11 +15,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, config) -> torch.optim.AdamW:
-    """AdamW with config's lr, weight_decay, betas and eps (config: a config.TrainConfig)."""
+def make_optimizer(model: torch.nn.Module, config, *others: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW with config's lr, weight_decay, betas and eps (config: a config.TrainConfig), over the model's
+    parameters and those of `others` (see parameter_groups)."""
     # The fused kernel updates every tensor in one pass instead of looping over them (see the README's benchmark).
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+    return torch.optim.AdamW(parameter_groups(model, config.weight_decay, *others), lr=config.lr,
                              betas=config.betas, eps=config.eps, fused=fused)
 
 

@@ -102,7 +102,8 @@ def fit_on_shapes(model, recipe: dict, progress: bool = True) -> pd.DataFrame:
     train, val, held_out, class_names = shapes_splits(recipe, preprocess_for(32))
     config = TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
                          lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
-                         seed=recipe["seed"], amp=recipe["amp"], progress=progress)
+                         seed=recipe["seed"], amp=recipe["amp"], progress=progress,
+                         accum_steps=recipe.get("accum_steps", 1), loss=recipe.get("loss", "clip"))
     return fine_tune(model, train_loader_for(train, recipe["batch_size"], recipe["seed"]),
                      val_loader_for(val, recipe["batch_size"], recipe["seed"]), config,
                      extra_scores=lambda model: {"held_out_top1": held_out_top1(model, held_out, class_names,

@@ -48,7 +48,33 @@ def config_problems(config) -> list[str]:
         problems.append(f"warmup_fraction must be in [0, 1), not {config.warmup_fraction!r}")
     if config.amp not in ("auto", None, "bfloat16", "float16"):
         problems.append(f"amp must be 'auto', None, 'bfloat16' or 'float16', not {config.amp!r}")
+    problems += [whole_number_problem("accum_steps", config.accum_steps, 1), loss_problem(config.loss)]
     return [problem for problem in problems if problem]
+
+
+LOSSES = ("clip", "siglip")
+
+
+def loss_problem(loss) -> str | None:
+    if loss in LOSSES:
+        return None
+    return f"loss must be one of {', '.join(map(repr, LOSSES))} (CLIP's softmax or SigLIP's sigmoid), not {loss!r}"
+
+
+def accumulation_problem(accum_steps, batch_size, world_size: int = 1) -> str | None:
+    """What is wrong with cutting each process's share of a global batch into accum_steps chunks, or None.
+
+    Equal chunks, so each chunk needs the memory of batch_size / (world_size x accum_steps) pairs, which is
+    what accum_steps is chosen for; a chunk of one pair is allowed (the loss still sees the whole batch)."""
+    if whole_number_problem("accum_steps", accum_steps, 1) or not isinstance(batch_size, int):
+        return None  # reported on its own
+    local = batch_size // world_size
+    if local % accum_steps == 0:
+        return None
+    per = f"each of the {world_size} processes' {local} pairs" if world_size > 1 else f"the batch of {batch_size} pairs"
+    return (f"accum_steps {accum_steps} does not divide {per} into equal chunks: choose accum_steps among the "
+            f"divisors of {local} ({', '.join(str(k) for k in range(1, local + 1) if local % k == 0)}), "
+            f"or a batch size that is a multiple of {accum_steps * world_size}")
 
 
 def run_folder_problems(resume, overwrite) -> list[str]:
@@ -80,12 +106,14 @@ def data_problems(batch_size=2, train_size=None, val_size=None, workers=0) -> li
 
 
 def fine_tune_problems(*, num_epochs=1, batch_size=2, lr=None, train_size=None, val_size=None,
-                       workers=0, resume=False, overwrite=False) -> list[str]:
+                       workers=0, resume=False, overwrite=False, accum_steps=1, world_size=1) -> list[str]:
     """Every problem of a command line's fine-tuning options, in words (an empty list: nothing), at parse time."""
     problems = [whole_number_problem("num_epochs", num_epochs, 1),
                 number_problem("lr", lr, optional="the model's default"),
                 *data_problems(batch_size, train_size, val_size, workers),
-                *run_folder_problems(resume, overwrite)]
+                *run_folder_problems(resume, overwrite),
+                whole_number_problem("accum_steps", accum_steps, 1),
+                accumulation_problem(accum_steps, batch_size, world_size)]
     return [problem for problem in problems if problem]
 
 
