@@ -88,24 +88,81 @@ def random_map_scores(box, image_size: int, grid: int) -> tuple[float, float]:
     return float(weights.mean()), float(inside.float().mean())
 
 
-def score_scenes(model, scenes, preprocess, template: str = "a {}.") -> dict[str, float]:
-    """Mean saliency scores over scenes [(PIL image, [(colour, shape, box), ...]), ...] (shapes.draw_scene's
-    output), each object asked for by its caption, with the random map's expectations beside them."""
+def recognised(model, pixels: torch.Tensor, objects, class_names: list[str], template: str = "a {}.") -> list[bool]:
+    """Per object of one scene: does its caption score above the caption of every class absent from the scene?
+    (The model's prediction for that object is right: no absent colour/shape pair beats it.)"""
+    present = [f"{colour} {shape}" for colour, shape, _ in objects]
+    unknown = [name for name in present if name not in class_names]
+    if unknown:
+        raise ValueError(f"objects {unknown} are not among the class_names {class_names}: pass the scene's classes")
+    weight = check_vit(model).conv1.weight
+    with torch.no_grad():
+        image_features = model.encode_image(pixels[None].to(weight.device, weight.dtype)).float()
+        text_features = encode_texts(model, [fill(template, name) for name in class_names]).float()
+        similarities = (normalize(image_features) @ normalize(text_features).T)[0].cpu()
+    absent = torch.tensor([name not in present for name in class_names])
+    best_absent = similarities[absent].max() if absent.any() else torch.tensor(float("-inf"))
+    return [bool(similarities[class_names.index(name)] > best_absent) for name in present]
+
+
+def object_scores(model, scenes, preprocess, class_names: list[str] | None = None, template: str = "a {}.") -> list[dict]:
+    """One row per object of scenes [(PIL image, [(colour, shape, box), ...]), ...] (shapes.draw_scene's output):
+    its map's mass_in_box and pointing_hit, the random map's expectations, and with class_names whether the
+    model recognised it (`recognised`). An object whose map has no positive patch (patch_saliency refuses to
+    normalise it) gets has_map False and no scores: it is counted, not scored."""
     resolution = check_vit(model).input_resolution
-    found, baseline = [], []
-    for image, objects in scenes:
+    rows = []
+    for index, (image, objects) in enumerate(scenes):
         if image.size[0] != image.size[1]:
             raise ValueError(f"scenes must be square (clip's transform crops the centre), got {image.size}")
         scale = resolution / image.size[0]
         pixels = preprocess(image)
-        for colour, shape, box in objects:
+        right = recognised(model, pixels, objects, class_names, template) if class_names is not None else [None] * len(objects)
+        for (colour, shape, box), is_right in zip(objects, right):
             box = [v * scale for v in box]
-            saliency = patch_saliency(model, pixels, fill(template, f"{colour} {shape}"))
-            found.append((mass_in_box(saliency, box, resolution), pointing_hit(saliency, box, resolution)))
-            baseline.append(random_map_scores(box, resolution, len(saliency)))
-    if not found:
+            row = {"scene": index, "object": f"{colour} {shape}", "recognised": is_right, "has_map": True,
+                   "mass_in_box": float("nan"), "pointing_hit": float("nan")}
+            try:
+                saliency = patch_saliency(model, pixels, fill(template, f"{colour} {shape}"))
+                row.update(mass_in_box=mass_in_box(saliency, box, resolution),
+                           pointing_hit=float(pointing_hit(saliency, box, resolution)))
+            except ValueError as error:
+                if "no patch raises" not in str(error):
+                    raise
+                row["has_map"] = False
+            grid = resolution // check_vit(model).conv1.kernel_size[0]  # patches per side
+            row["random_mass_in_box"], row["random_pointing_game"] = random_map_scores(box, resolution, grid)
+            rows.append(row)
+    if not rows:
         raise ValueError("no objects to score: give scenes with at least one object")
-    found, baseline = torch.tensor(found, dtype=torch.float64), torch.tensor(baseline, dtype=torch.float64)
-    return {"mass_in_box": found[:, 0].mean().item(), "pointing_game": found[:, 1].mean().item(),
-            "random_mass_in_box": baseline[:, 0].mean().item(), "random_pointing_game": baseline[:, 1].mean().item(),
-            "n_objects": len(found)}
+    return rows
+
+
+def mean_scores(rows: list[dict]) -> dict[str, float]:
+    """The mean scores of object_scores' rows that have a map (NaN where none has), with their count
+    (n_objects) and the count of rows without a map (n_without_map)."""
+    scored = [row for row in rows if row["has_map"]]
+    columns = {"mass_in_box": "mass_in_box", "pointing_game": "pointing_hit", "random_mass_in_box": "random_mass_in_box",
+               "random_pointing_game": "random_pointing_game"}
+    means = {name: (torch.tensor([row[column] for row in scored], dtype=torch.float64).mean().item() if scored
+                    else float("nan")) for name, column in columns.items()}
+    return {**means, "n_objects": len(scored), "n_without_map": len(rows) - len(scored)}
+
+
+def scores_by_prediction(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """mean_scores of the objects the model recognised and of those it did not (rows of object_scores with
+    class_names); a group with no object has n_objects 0 and NaN scores."""
+    if any(row["recognised"] is None for row in rows):
+        raise ValueError("these rows carry no prediction: call object_scores with class_names")
+    return {"recognised": mean_scores([row for row in rows if row["recognised"]]),
+            "not recognised": mean_scores([row for row in rows if not row["recognised"]])}
+
+
+def score_scenes(model, scenes, preprocess, template: str = "a {}.") -> dict[str, float]:
+    """Mean saliency scores over scenes (object_scores' rows, averaged by mean_scores), with the random map's
+    expectations beside them."""
+    scores = mean_scores(object_scores(model, scenes, preprocess, template=template))
+    if not scores["n_objects"]:
+        raise ValueError(f"no patch raises the similarity to any of the {scores['n_without_map']} objects' captions: "
+                         f"no map, nothing to score")
+    return scores

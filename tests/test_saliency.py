@@ -1,12 +1,15 @@
 """Patch saliency: the map's shape and normalisation, a case whose answer is known exactly, the box scores
 against hand computations, and the refusal of a ResNet tower (the offline MINI_CLIP has no patches)."""
+import math
+
 import pytest
 import torch
 
 from clip_helpers.models import build_random_clip, preprocess_for
-from clip_helpers.saliency import (box_weights, mass_in_box, patch_saliency, pointing_hit, random_map_scores,
-                                   score_scenes)
-from clip_helpers.shapes import draw_scene
+from clip_helpers.saliency import (box_weights, mass_in_box, object_scores, patch_saliency, pointing_hit,
+                                   random_map_scores, recognised, score_scenes, scores_by_prediction)
+from clip_helpers.shapes import ShapesDataset, draw_scene
+from clip_helpers.text import encode_texts, fill
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,52 @@ def test_scores_of_scenes_are_fractions(model):
 def test_a_resnet_tower_is_refused():
     with pytest.raises(ValueError, match="needs a ViT image tower.*ModifiedResNet"):
         patch_saliency(build_random_clip("mini"), torch.zeros(3, 32, 32), "a red circle.")
+
+
+def test_recognised_is_the_caption_beating_every_absent_class_by_hand(model):
+    image, objects = draw_scene(2, size=64, object_size=32, seed=3)
+    pixels = preprocess_for(32)(image)
+    class_names = ShapesDataset("all", n_per_class=1).classes
+    with torch.no_grad():
+        image_features = model.encode_image(pixels[None])[0]
+        cosines = {name: torch.cosine_similarity(image_features, encode_texts(model, [fill("a {}.", name)])[0], dim=0).item()
+                   for name in class_names}
+    present = [f"{colour} {shape}" for colour, shape, _ in objects]
+    best_absent = max(value for name, value in cosines.items() if name not in present)
+    assert recognised(model, pixels, objects, class_names) == [cosines[name] > best_absent for name in present]
+    # With no absent class to beat, every object is recognised; a class list without the object is refused.
+    assert recognised(model, pixels, objects, present) == [True, True]
+    with pytest.raises(ValueError, match="not among the class_names"):
+        recognised(model, pixels, objects, present[:1])
+
+
+def row(recognised, mass, hit, has_map=True):
+    return {"recognised": recognised, "has_map": has_map, "mass_in_box": mass, "pointing_hit": hit,
+            "random_mass_in_box": 0.25, "random_pointing_game": 0.25}
+
+
+def test_scores_by_prediction_average_each_group_and_count_the_objects_without_a_map():
+    rows = [row(True, 0.5, 1.0), row(True, 0.1, 0.0), row(False, 0.3, 1.0), row(False, float("nan"), float("nan"), False)]
+    groups = scores_by_prediction(rows)
+    assert groups["recognised"]["mass_in_box"] == pytest.approx(0.3) and groups["recognised"]["pointing_game"] == 0.5
+    assert groups["recognised"]["n_objects"] == 2 and groups["recognised"]["n_without_map"] == 0
+    assert groups["not recognised"]["mass_in_box"] == pytest.approx(0.3) and groups["not recognised"]["pointing_game"] == 1
+    assert groups["not recognised"]["n_objects"] == 1 and groups["not recognised"]["n_without_map"] == 1
+    empty = scores_by_prediction(rows[:2])["not recognised"]
+    assert empty["n_objects"] == 0 and math.isnan(empty["mass_in_box"]) and math.isnan(empty["pointing_game"])
+    with pytest.raises(ValueError, match="no prediction"):
+        scores_by_prediction([row(None, 0.5, 1.0)])
+
+
+def test_object_scores_are_the_maps_scored_one_by_one(model):
+    scenes = [draw_scene(2, size=64, object_size=32, seed=k) for k in range(2)]
+    rows = object_scores(model, scenes, preprocess_for(32), ShapesDataset("all", n_per_class=1).classes)
+    assert len(rows) == 4 and all(isinstance(r["recognised"], bool) for r in rows)
+    for r, (scene, (colour, shape, box)) in zip(rows, [(s, o) for s in scenes for o in s[1]]):
+        box = [v / 2 for v in box]  # 64 px scenes, 32 px input
+        if not r["has_map"]:
+            continue
+        saliency = patch_saliency(model, preprocess_for(32)(scene[0]), fill("a {}.", f"{colour} {shape}"))  # "an orange"
+        assert r["mass_in_box"] == pytest.approx(mass_in_box(saliency, box, 32))
+        assert r["pointing_hit"] == float(pointing_hit(saliency, box, 32))
+        assert r["random_mass_in_box"] == pytest.approx(0.25)
