@@ -103,7 +103,8 @@ def test_the_runner_records_each_notebooks_latest_time_and_00_reads_it(tmp_path)
     times = course.run_times(tmp_path)
     assert {name: (entry["profile"], entry["seconds"]) for name, entry in times.items()} == {
         "01_data": ("smoke", 3.0), "02_encoders": ("offline", 50.0)}
-    assert all(entry["cpus"] >= 1 and entry["finished"].endswith("+00:00") for entry in times.values())
+    assert all(entry["cpus"] >= 1 and entry["load_1min"] >= 0 and entry["finished"].endswith("+00:00")
+               for entry in times.values())
     (tmp_path / "run_times.json").write_text("{not json")  # a damaged record is started again, not a crash
     run_notebooks.record_time(tmp_path, Path("03_x.ipynb"), "offline", 1.0)
     assert list(course.run_times(tmp_path)) == ["03_x"]

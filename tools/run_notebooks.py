@@ -105,6 +105,7 @@ def record_time(out_dir, path, profile_name, seconds):
     except ValueError:  # a damaged record holds nothing worth keeping: start it again
         record = {}
     record[path.stem] = {"profile": profile_name, "seconds": round(seconds, 1), "cpus": os.cpu_count(),
+                         "load_1min": round(os.getloadavg()[0], 1),  # a busy machine's times are not a quiet one's
                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_text_atomically(record_path, json.dumps(record, indent=1, sort_keys=True))
 
