@@ -7,6 +7,7 @@ Each notebook starts with one call, after its papermill parameters cell:
     model, preprocess = lesson.load_model()
 """
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,42 @@ def save_metrics(out_dir, notebook: str, key: str, value, **details) -> dict:
     return record
 
 
+# A class's pace, for the front matter's class-time estimate (notebook 00): assumptions, stated so they can be changed.
+CLASS_PACE = dict(words_per_minute=100, code_lines_per_minute=4, minutes_per_exercise=10, minutes_per_open_question=5)
+SOLUTION = re.compile(r"### BEGIN SOLUTION.*?### END SOLUTION", flags=re.DOTALL)
+EXERCISE = re.compile(r"^### Exercise \d+\.\d+: (.*)$", flags=re.MULTILINE)
+
+
+def notebook_content(path) -> dict:
+    """What a notebook asks of a class: words of prose (model answers left out), lines of code to read and run
+    (solutions, comments, blank lines and the install and parameters cells left out), exercises and open questions."""
+    import nbformat
+
+    content = dict(words=0, code_lines=0, exercises=0, open_questions=0)
+    for cell in nbformat.read(path, as_version=4).cells:
+        text = SOLUTION.sub("", cell.source)
+        if cell.cell_type == "markdown":
+            content["words"] += len(re.findall(r"\w+", text))
+            for title in EXERCISE.findall(text):
+                content["open_questions" if title.startswith("an open question") else "exercises"] += 1
+        elif not {"install-kit", "parameters"} & set(cell.metadata.get("tags", [])):
+            content["code_lines"] += sum(1 for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+    return content
+
+
+def class_minutes(content: dict, pace: dict = CLASS_PACE) -> float:
+    """Estimated class time of a notebook's `content` (notebook_content) at `pace` (CLASS_PACE's keys)."""
+    return (content["words"] / pace["words_per_minute"] + content["code_lines"] / pace["code_lines_per_minute"]
+            + content["exercises"] * pace["minutes_per_exercise"]
+            + content["open_questions"] * pace["minutes_per_open_question"])
+
+
+def run_times(out_dir) -> dict:
+    """The wall time of each notebook's latest run by tools/run_notebooks.py into `out_dir` ({} if none recorded)."""
+    path = Path(out_dir) / "run_times.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 @dataclass
 class Lesson:
     """One notebook's run: its profile, folders and seed; its model once load_model() has loaded it."""
@@ -60,8 +97,10 @@ class Lesson:
     def figures_dir(self) -> Path:
         return self.out_dir / "figures"
 
-    def save_figure(self, fig, name: str) -> Path:
-        return plots.save_figure(fig, name, self.figures_dir)
+    def save_figure(self, fig, name: str) -> None:
+        """Write the figure to <out_dir>/figures/<name>.png. Nothing is returned, so a cell that ends with this call
+        shows the figure, not a path of this machine (the path is figures_dir / f"{name}.png")."""
+        plots.save_figure(fig, name, self.figures_dir)
 
     def save_metrics(self, key: str, value, **details) -> dict:
         """Record the notebook's key number (and details) for run_notebooks' summary, and print it."""

@@ -56,15 +56,58 @@ def test_committed_notebook_is_clean_and_parameterised(path):
     assert notebook.metadata.kernelspec.name == "python3"
 
 
-def test_the_front_matter_plans_every_notebook_in_order_with_the_minutes_it_adds_up():
+def test_the_front_matter_plans_every_notebook_in_order_and_types_in_no_time():
     notebook = nbformat.read(ROOT / "notebooks" / "00_start_here.ipynb", as_version=4)
     table = next(cell.source for cell in notebook.cells if cell.source.startswith("## 3. The notebooks"))
-    rows = re.findall(r"^\| \[(\d\d_\w+)\]\(\1\.ipynb\) \|.*\| (\d+) min \|$", table, flags=re.MULTILINE)
-    assert [name for name, _ in rows] == [path.stem for path in NOTEBOOKS]
-    code = next(cell.source for cell in notebook.cells if "estimated_minutes = {" in cell.source)
-    assignment = next(node for node in ast.parse(code).body
-                      if isinstance(node, ast.Assign) and node.targets[0].id == "estimated_minutes")
-    assert ast.literal_eval(assignment.value) == {name[:2]: int(minutes) for name, minutes in rows}
+    rows = re.findall(r"^\| \[(\d\d_\w+)\]\(\1\.ipynb\) \|", table, flags=re.MULTILINE)
+    assert rows == [path.stem for path in NOTEBOOKS]
+    assert not re.search(r"\d+ (min|minutes|hours)\b", table)  # times are printed by the next cell, not typed
+    code = next(cell.source for cell in notebook.cells if "course.notebook_content(" in cell.source)
+    assert "course.class_minutes(" in code and "course.run_times(" in code
+
+
+def write_lesson(path, cells):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_markdown_cell(source) if kind == "md" else nbformat.v4.new_code_cell(source)
+                      for kind, source in cells]
+    notebook.cells[1].metadata["tags"] = ["parameters"]
+    nbformat.write(notebook, path)
+
+
+def test_class_time_counts_prose_code_exercises_and_questions_but_no_solution_or_boilerplate(tmp_path):
+    from clip_helpers import course
+    path = tmp_path / "01_x.ipynb"
+    write_lesson(path, [
+        ("md", "# One two three"),
+        ("code", 'profile = "auto"\ndata_dir = "data"'),   # the parameters: boilerplate
+        ("code", "import torch\n\n# a comment\nx = torch.ones(2)"),
+        ("md", "### Exercise 01.1: the mask\nWrite it."),
+        ("code", "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"),
+        ("md", "### Exercise 01.2: an open question\nWhy?"),
+        ("md", "**Your answer:**\n### BEGIN SOLUTION\nmany words that the class does not read\n### END SOLUTION"),
+    ])
+    content = course.notebook_content(path)
+    # by hand: "One two three" 3, "Exercise 01 1 the mask Write it" 7 (\w+ splits 01.1), "Exercise 01 2 an open
+    # question Why" 7, "Your answer" 2; code: import and x = (the comment and blank line not), and "def f():"
+    assert content == dict(words=3 + 7 + 7 + 2, code_lines=2 + 1, exercises=1, open_questions=1)
+    pace = dict(words_per_minute=10, code_lines_per_minute=2, minutes_per_exercise=7, minutes_per_open_question=3)
+    assert course.class_minutes(content, pace) == pytest.approx(19 / 10 + 3 / 2 + 7 + 3)
+
+
+def test_the_runner_records_each_notebooks_latest_time_and_00_reads_it(tmp_path):
+    from clip_helpers import course
+    assert course.run_times(tmp_path) == {}
+    run_notebooks.record_time(tmp_path, Path("01_data.ipynb"), "offline", 12.34)
+    run_notebooks.record_time(tmp_path, Path("02_encoders.ipynb"), "offline", 50.0)
+    run_notebooks.record_time(tmp_path, Path("01_data.ipynb"), "smoke", 3.0)  # a later run replaces the earlier
+    times = course.run_times(tmp_path)
+    assert {name: (entry["profile"], entry["seconds"]) for name, entry in times.items()} == {
+        "01_data": ("smoke", 3.0), "02_encoders": ("offline", 50.0)}
+    assert all(entry["cpus"] >= 1 and entry["load_1min"] >= 0 and entry["finished"].endswith("+00:00")
+               for entry in times.values())
+    (tmp_path / "run_times.json").write_text("{not json")  # a damaged record is started again, not a crash
+    run_notebooks.record_time(tmp_path, Path("03_x.ipynb"), "offline", 1.0)
+    assert list(course.run_times(tmp_path)) == ["03_x"]
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +161,4 @@ def test_run_notebooks_summarises_and_names_the_failing_notebook_and_cell(tmp_pa
     summary = captured.out.split("notebook", 1)[-1]
     assert "01_ok" in summary and "answer = 42" in summary and "02_bad" in summary and "FAILED" in summary
     assert (out / "notebooks" / "01_ok.ipynb").is_file()
+    assert list(json.loads((out / "run_times.json").read_text())) == ["01_ok"]  # a failed notebook has no time

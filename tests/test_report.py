@@ -69,9 +69,33 @@ def test_the_reports_bugs_are_one_table_that_notebook_05_shows_and_the_others_po
     assert all(row.count(" | ") == 2 and row.startswith("| ") and row.endswith(" |") for row in table[:1] + table[2:])
     root = Path(__file__).parents[1]
     notebook = nbformat.read(root / "notebooks" / "05_fine_tune.ipynb", as_version=4)
-    assert any(cell.cell_type == "code" and "report.bugs_table()" in cell.source for cell in notebook.cells)
+    shown = [cell.source for cell in notebook.cells if cell.cell_type == "code" and "report.bugs_table(" in cell.source]
+    assert len(shown) == 2 and "RESULT_BUGS" in shown[0] and "ENGINEERING_BUGS" in shown[1]  # the appendix second
     for text in ((root / "README.md").read_text(), train.__doc__):
         assert "REPORT_BUGS" in text
     everywhere = "\n".join(cell.source for cell in notebook.cells) + (root / "README.md").read_text() + train.__doc__
     for report_does, _, _ in report.REPORT_BUGS:  # written out nowhere else
         assert report_does not in everywhere
+
+
+def test_the_bugs_split_into_those_that_change_results_and_the_rest_with_none_lost_or_twice():
+    assert report.REPORT_BUGS == report.RESULT_BUGS + report.ENGINEERING_BUGS
+    assert len(set(report.REPORT_BUGS)) == len(report.REPORT_BUGS) and report.RESULT_BUGS and report.ENGINEERING_BUGS
+    for bugs in (report.RESULT_BUGS, report.ENGINEERING_BUGS):
+        table = report.bugs_table(bugs).splitlines()
+        assert len(table) == 2 + len(bugs) and all(bug[0] in row for bug, row in zip(bugs, table[2:]))
+
+
+def test_the_lines_notebook_05_quotes_as_in_the_report_are_the_transcriptions_lines():
+    """05 quotes the listing's lines that change results instead of printing its source: each quoted line must be
+    in clip_helpers.replication.report as it is, so the quote cannot drift from the transcription."""
+    import inspect
+    import nbformat
+    from pathlib import Path
+    notebook = nbformat.read(Path(__file__).parents[1] / "notebooks" / "05_fine_tune.ipynb", as_version=4)
+    cell = next(cell.source for cell in notebook.cells if cell.source.startswith("## 1. The report's loop"))
+    quoted = cell.split("```python")[1].split("```")[0]
+    lines = [line.strip() for line in quoted.splitlines() if line.strip() and not line.strip().startswith("#")]
+    transcription = {line.strip() for line in inspect.getsource(report).splitlines()}
+    assert len(lines) >= 6 and [line for line in lines if line not in transcription] == []
+    assert "inspect.getsource" not in "\n".join(c.source for c in notebook.cells)

@@ -4,7 +4,8 @@
     python tools/run_notebooks.py --rehearsal --profile full:train_per_class=1,val_per_class=1 --out outputs/rehearsal/full
 
 Executed copies go to <out>/notebooks/, figures to <out>/figures/, each notebook's key number to
-<out>/metrics/NN_name.json. Exits non-zero if any notebook fails, naming it and the failing cell, or if it did
+<out>/metrics/NN_name.json, each notebook's wall time (the latest successful run of each, not in a rehearsal) to
+<out>/run_times.json, which notebook 00 prints. Exits non-zero if any notebook fails, naming it and the failing cell, or if it did
 not run the profile asked for (what its first cell printed). A notebook without a cell tagged `parameters` is not
 run, nor is any notebook when --out is or holds the source notebooks. --rehearsal reads its stand-ins from
 rehearsal-data/ (or a --data-dir of the rehearsal's own), never from data/.
@@ -91,6 +92,22 @@ def key_number(out_dir, path):
     record = json.loads(metrics.read_text())
     value = record["value"]
     return f"{record['key']} = {value:.4g}" if isinstance(value, float) else f"{record['key']} = {value}"
+
+
+def record_time(out_dir, path, profile_name, seconds):
+    """Add one notebook's wall time to <out_dir>/run_times.json (notebook 00 prints it): the latest run of each."""
+    from datetime import datetime, timezone
+    from clip_helpers.files import write_text_atomically
+
+    record_path = out_dir / "run_times.json"
+    try:
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    except ValueError:  # a damaged record holds nothing worth keeping: start it again
+        record = {}
+    record[path.stem] = {"profile": profile_name, "seconds": round(seconds, 1), "cpus": os.cpu_count(),
+                         "load_1min": round(os.getloadavg()[0], 1),  # a busy machine's times are not a quiet one's
+                         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_text_atomically(record_path, json.dumps(record, indent=1, sort_keys=True))
 
 
 def summary(rows):
@@ -242,6 +259,8 @@ def run_all(paths, out_dir, parameters, profile, progress, banner):
         print(f"[{i}/{len(paths)}] {path.name} {'FAILED' if failure else 'done'} in {seconds:.0f} s", flush=True)
         if failure:
             failures.append(f"{path.name}: {failure}")
+        elif not banner:  # a rehearsal's times are not the course's
+            record_time(out_dir, path, profile.name, seconds)
         rows.append((path.stem, profile.name, seconds, "FAILED" if failure else key_number(out_dir, path)))
     if banner:
         rehearsal.stamp_figures(out_dir / "figures")

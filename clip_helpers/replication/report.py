@@ -20,8 +20,9 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-# (the report's loop, the kit's fine_tune, why): the one list of what the listing gets wrong.
-REPORT_BUGS = [
+# (the report's loop, the kit's fine_tune, why): the one list of what the listing gets wrong, in two parts.
+# The mistakes that change the report's results (its numbers, or what they mean):
+RESULT_BUGS = [
     ("`clip.load` gives fp16 weights on a GPU; the loop casts the model to fp32 and back around every "
      "`optimizer.step()`", "fp32 weights loaded once; the forward pass under autocast (bf16, or fp16 with a gradient "
      "scaler)", "two full casts per step cost time, and Adam on fp16 weights loses small updates"),
@@ -42,24 +43,29 @@ REPORT_BUGS = [
     ("`torch.optim.Adam(..., weight_decay=0.2)`", "AdamW, no decay on gains, biases, embeddings and `logit_scale`",
      "Adam's `weight_decay` adds 0.2·θ to every gradient, so it also pulls the learned temperature `logit_scale` "
      "(and every gain and bias) towards 0"),
+    ("bare class names as captions; same-class captions in a batch are negatives",
+     "captions from templates; `clip_loss(labels=...)` makes same-class pairs positives",
+     "the false negatives of notebook 04"),
+]
+# The mistakes that cost time or downloads, stop the listing running or lose a run, but change no number of it:
+ENGINEERING_BUGS = [
     ("`CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` (Hugging Face), then "
      "`model, preprocess = clip.load(...)` on the next line", "`clip.load` only (`models.load_clip`)",
      "the Hugging Face model (about 600 MB) is downloaded and immediately replaced: nothing uses it"),
     ('the text says the model has "over 155 million parameters"', "`models.model_summary` prints the count",
      "the listing's own print gives fewer for ViT-B/32 (notebook 05 counts them, on the same architecture with "
      "random weights)"),
-    ("bare class names as captions; same-class captions in a batch are negatives",
-     "captions from templates; `clip_loss(labels=...)` makes same-class pairs positives",
-     "the false negatives of notebook 04"),
     ("`imageDataset` vs `ImageDataset`, `lossIng` vs `lossImg`", "—", "the listing does not run as printed"),
     ("nothing saved", "a checkpoint per epoch in `data/runs/<run>/`, exact resume, a NaN guard",
      "a long run that dies keeps its progress"),
 ]
+REPORT_BUGS = RESULT_BUGS + ENGINEERING_BUGS
 
 
-def bugs_table() -> str:
-    """REPORT_BUGS as a markdown table."""
-    rows = [f"| {report} | {kit} | {why} |" for report, kit, why in REPORT_BUGS]
+def bugs_table(bugs=None) -> str:
+    """`bugs` (default REPORT_BUGS, all of them; notebook 05 shows RESULT_BUGS, then ENGINEERING_BUGS) as a markdown
+    table."""
+    rows = [f"| {report} | {kit} | {why} |" for report, kit, why in (REPORT_BUGS if bugs is None else bugs)]
     return "\n".join(["| the report's loop | the kit's `fine_tune` | why |", "|---|---|---|", *rows])
 
 
