@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
+LAB_SETTINGS = $(VENV)/share/jupyter/lab/settings/overrides.d/clip-kit.json
 
 .PHONY: setup setup-classroom test test-classroom test-fast notebooks reproduce rehearse benchmark student clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(LAB_SETTINGS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,classroom]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
+
+# JupyterLab's settings for the course: widget state saved in the notebook, so that a saved notebook reopened with a
+# fresh kernel shows its explorers' controls (not "Error displaying widget"). In overrides.d, beside (not over) an
+# overrides.json of your own; binder/postBuild installs the same file.
+$(LAB_SETTINGS): jupyterlab-settings/clip-kit.json
+	mkdir -p $(dir $@)
+	cp $< $@
 
 # Everything but the browser test (make test-classroom, minutes: it runs four notebooks in JupyterLab).
 test: setup

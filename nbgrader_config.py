@@ -8,7 +8,9 @@ c = get_config()  # noqa: F821 (nbgrader defines it when it reads this file)
 c.CourseDirectory.course_id = "clip-kit"
 
 # A notebook's first model load trains and caches the mini-CLIP (minutes on a laptop CPU; nbgrader's default
-# is 30 s per cell, which interrupts the kernel). Later runs load the cache in seconds.
+# is 30 s per cell, which interrupts the kernel). Later runs load the cache in seconds. Export CLIP_KIT_DATA_DIR
+# (an absolute folder, its cache built once: README, "nbgrader") before `nbgrader autograde`, and every submission
+# loads that one cache instead of training its own in its autograded/ folder.
 c.ExecutePreprocessor.timeout = 1800
 
 # Running a notebook writes its downloads and caches (data/, with the mini-CLIP's checkpoint) and its figures

@@ -7,6 +7,7 @@ Each notebook starts with one call, after its papermill parameters cell:
     model, preprocess = lesson.load_model()
 """
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,27 @@ def project_path(path) -> Path:
     if not path.is_absolute() and root is not None:
         return root / path
     return path
+
+
+SHARED_DATA = "CLIP_KIT_DATA_DIR"  # a grader's one pre-built data folder for every submission (README, "nbgrader")
+
+
+def data_path(data_dir) -> Path:
+    """The lesson's data folder: the folder $CLIP_KIT_DATA_DIR names when it is set and the notebook keeps its
+    default "data" (every nbgrader submission then loads one pre-built cache instead of training its own), else
+    project_path(data_dir). A data_dir the notebook sets itself wins over the variable."""
+    shared = os.environ.get(SHARED_DATA)
+    if not shared or Path(data_dir) != Path("data"):
+        return project_path(data_dir)
+    shared = Path(shared).expanduser()
+    if not shared.is_absolute():
+        raise ValueError(f"{SHARED_DATA}={shared} is a relative path, which each notebook would take from its own "
+                         f"folder: give the shared data folder as an absolute path")
+    if not shared.is_dir():
+        raise FileNotFoundError(f"{SHARED_DATA}={shared} is not a folder: create it and build its cache once "
+                                f"(README, \"nbgrader\"), or unset the variable to use the notebook's data_dir")
+    print(f"data folder: {shared} (from {SHARED_DATA})")
+    return shared
 
 
 def save_metrics(out_dir, notebook: str, key: str, value, **details) -> dict:
@@ -127,7 +149,7 @@ class Lesson:
 def start(notebook: str, profile: str = "auto", profile_reason: str = "", data_dir="data", out_dir="outputs",
           seed: int = 0, interactive: bool = True) -> Lesson:
     """The lesson, its profile chosen and printed with the reason (tools/run_notebooks.py gives profile_reason)."""
-    data_dir, out_dir = project_path(data_dir), project_path(out_dir)
+    data_dir, out_dir = data_path(data_dir), project_path(out_dir)
     torch.manual_seed(seed)
     chosen, reason = get_profile(profile, data_dir)
     print(describe(chosen, profile_reason or reason))

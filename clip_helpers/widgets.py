@@ -3,7 +3,9 @@
 Notebooks call `caption_explorer(..., interactive=interactive)`: under papermill (interactive=False) it
 returns the figure for the default input; in Jupyter it shows its controls and, below them, the figure, redrawn
 as you type or slide. The figure is an ordinary output (a display updated in place), not a widget, so a saved
-notebook reopened without a kernel still shows the last figure; only the controls need the kernel.
+notebook reopened without a kernel still shows the last figure; the controls come back from the widget state that
+JupyterLab saves with the course's settings (jupyterlab-settings/clip-kit.json), and move the figure again once the
+notebook runs.
 """
 import matplotlib.pyplot as plt
 import pandas as pd

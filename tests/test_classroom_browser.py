@@ -2,8 +2,10 @@
 
 Every notebook with an explorer (clip_helpers.widgets) is opened in a temporary copy, run with the smoke profile,
 checked for errors, each of its controls moved (the figure must change), saved, and reopened with a fresh kernel
-(the figures must still be there). Screenshots go to outputs/screenshots/. `make test-classroom` runs it; it skips,
-saying why, only where chromium or Playwright is not installed (`make setup-classroom` installs both).
+(its controls, drawn from the saved widget state, and its figures must still be there); the student edition's stubs
+must fit their cells. Screenshots go to outputs/screenshots/. `make test-classroom` runs it (and .ci/run); it skips,
+saying why, only where chromium or Playwright is not installed (`make setup-classroom` installs both), and fails
+there instead where CLIP_KIT_BROWSER_REQUIRED=1 (CI).
 """
 import json
 import os
@@ -18,10 +20,15 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import load_tool
+
+from clip_helpers.profiles import PROFILES
+from clip_helpers.training.recipes import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "outputs" / "screenshots"
+LAB_SETTINGS = ROOT / "jupyterlab-settings" / "clip-kit.json"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 # Each explorer's controls, in the order they appear, and a new value for each (a slider's readout is typed into).
@@ -45,11 +52,21 @@ def test_the_explorers_notebooks_are_the_ones_this_test_drives():
     assert notebooks_with_explorers() == sorted(NEW_VALUES)
 
 
+def cannot_run(reason: str):
+    """Skip, saying why; where the browser test must run (CI sets CLIP_KIT_BROWSER_REQUIRED=1), fail instead."""
+    if os.environ.get("CLIP_KIT_BROWSER_REQUIRED") == "1":
+        pytest.fail(f"the browser test must run here (CLIP_KIT_BROWSER_REQUIRED=1), but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def playwright_browser():
     if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is not installed: `make setup-classroom` (as root: apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: `make setup-classroom`")
+        cannot_run(f"{CHROMIUM} is not installed: `make setup-classroom` (as root: apt-get install -y chromium)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        cannot_run("Playwright is not installed: `make setup-classroom`")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield browser
@@ -77,20 +94,38 @@ def smoke_copy(folder: Path) -> Path:
     return folder
 
 
+def student_copy(folder: Path) -> None:
+    """The student edition (tools/make_student.py) of the notebooks with explorers, in `folder`/student."""
+    (folder / "student").mkdir()
+    for name in NEW_VALUES:
+        notebook, _ = load_tool("make_student").student_notebook(
+            nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4), f"{name}.ipynb")
+        nbformat.write(notebook, folder / "student" / f"{name}.ipynb")
+
+
 @pytest.fixture(scope="module")
 def jupyterlab(tmp_path_factory):
     """(base url, token, the copy's folder): a JupyterLab server on 127.0.0.1 serving a smoke copy, kernel python3."""
     folder = smoke_copy(tmp_path_factory.mktemp("classroom"))
+    student_copy(folder)
+    # The smoke mini-CLIP trained once, in the data folder every copy shares, before any notebook runs: each notebook
+    # then only loads it, and its run time is its own.
+    load_model("mini", folder / "data", mini_recipe=PROFILES["smoke"].mini_recipe, progress=False)
     config = folder / "jupyter-config"
     (config / "labconfig").mkdir(parents=True)  # no news prompt: nothing outside the machine is asked
     (config / "labconfig" / "page_config.json").write_text(json.dumps(
         {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    # the course's JupyterLab settings, as `make setup` installs them into the venv (widget state saved on save)
+    settings = folder / "lab-settings" / "overrides.d"
+    settings.mkdir(parents=True)
+    (settings / LAB_SETTINGS.name).write_text(LAB_SETTINGS.read_text())
     port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config), PYTHONPATH=os.pathsep.join(filter(None, [
         str(ROOT), os.environ.get("PYTHONPATH")])), JUPYTER_PATH=str(Path(sys.prefix) / "share" / "jupyter"))
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--LabApp.expose_app_in_browser=True",
+         f"--LabApp.app_settings_dir={settings.parent}",
          "--ServerApp.port_retries=0", *(["--allow-root"] if os.geteuid() == 0 else [])], env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -107,14 +142,14 @@ def jupyterlab(tmp_path_factory):
         server.wait(30)
 
 
-def open_notebook(browser, base, token, name):
-    """A page showing only notebooks/<name>.ipynb, once its kernel is idle. A fresh workspace each time: JupyterLab
+def open_notebook(browser, base, token, name, folder="notebooks"):
+    """A page showing only <folder>/<name>.ipynb, once its kernel is idle. A fresh workspace each time: JupyterLab
     would otherwise reopen the notebooks of the previous page too, and another could be the current one."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{base}/lab/workspaces/{name}-{secrets.token_hex(4)}/tree/notebooks/{name}.ipynb?reset&token={token}")
+    page.goto(f"{base}/lab/workspaces/{name}-{secrets.token_hex(4)}/tree/{folder}/{name}.ipynb?reset&token={token}")
     page.wait_for_function(f"() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
                            f" && window.jupyterapp.shell.currentWidget.context"
-                           f" && window.jupyterapp.shell.currentWidget.context.path == 'notebooks/{name}.ipynb'",
+                           f" && window.jupyterapp.shell.currentWidget.context.path == '{folder}/{name}.ipynb'",
                            timeout=120_000)
     page.wait_for_function("() => window.jupyterapp.shell.currentWidget"
                            " && window.jupyterapp.shell.currentWidget.sessionContext"
@@ -150,9 +185,18 @@ def figure_of(cell) -> str:
     return images.last.get_attribute("src") if images.count() else ""
 
 
+CONTROLS = ".widget-text input, .widget-slider .widget-readout"
+
+
+def cut_labels(cell) -> list[str]:
+    """The labels of an explorer's controls that do not fit their box (shown as "class_na...")."""
+    return cell.evaluate("cell => [...cell.querySelectorAll('.widget-label')]"
+                         ".filter(label => label.scrollWidth > label.clientWidth).map(label => label.textContent)")
+
+
 def change_control(page, cell, index, value):
     """Type `value` into the explorer's index-th control (a text box, or a slider's readout) and press Enter."""
-    control = cell.locator(".widget-text input, .widget-slider .widget-readout").nth(index)
+    control = cell.locator(CONTROLS).nth(index)
     control.scroll_into_view_if_needed()
     control.click()
     page.keyboard.press("Control+A")
@@ -191,6 +235,7 @@ def test_a_notebook_runs_in_jupyterlab_its_explorers_redraw_and_it_reopens_with_
             page.wait_for_function("([cell, before]) => { const images = cell.querySelectorAll('.jp-OutputArea img');"
                                    " return images.length && images[images.length - 1].src != before }",
                                    arg=[cell.element_handle(), before], timeout=CHANGE_S * 1000)
+        assert cut_labels(cell) == [], f"{name}: explorer {number + 1}'s labels are cut"
         cell.screenshot(path=str(SCREENSHOTS / f"{name}_explorer{number + 1}_changed.png"))
     assert "Error displaying widget" not in page.inner_text(".jp-NotebookPanel")
     save(page)
@@ -203,9 +248,40 @@ def test_a_notebook_runs_in_jupyterlab_its_explorers_redraw_and_it_reopens_with_
     assert page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.id") != ran_in
     indices = explorer_indices(folder / "notebooks" / f"{name}.ipynb")
     assert len(indices) == len(NEW_VALUES[name])
-    for number, index in enumerate(indices):
+    for number, (index, values) in enumerate(zip(indices, NEW_VALUES[name])):
         cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
         cell.scroll_into_view_if_needed()
+        # the saved widget state (jupyterlab-settings/clip-kit.json) draws the controls; without it: an error
+        page.wait_for_function("cell => cell.querySelector('.jp-OutputArea .widget-box')"
+                               " || cell.innerText.includes('Error displaying widget')",
+                               arg=cell.element_handle(), timeout=CHANGE_S * 1000)
+        assert "Error displaying widget" not in cell.inner_text(), f"{name}: reopened, explorer {number + 1}"
+        assert cell.locator(CONTROLS).count() == len(values), f"{name}: reopened, explorer {number + 1}'s controls"
         assert figure_of(cell), f"{name}: reopened, explorer {number + 1} shows no figure"
+        assert cut_labels(cell) == [], f"{name}: reopened, explorer {number + 1}'s labels are cut"
         cell.screenshot(path=str(SCREENSHOTS / f"{name}_explorer{number + 1}_reopened.png"))
+    assert "Error displaying widget" not in page.inner_text(".jp-NotebookPanel")
+    page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
     page.close()
+
+
+def test_the_student_editions_stubs_fit_their_cells(playwright_browser, jupyterlab):
+    """Every `raise NotImplementedError(...)` of the student edition shows whole, without scrolling sideways."""
+    base, token, _ = jupyterlab
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    stubs = 0
+    for name in sorted(NEW_VALUES):
+        page = open_notebook(playwright_browser, base, token, name, folder="student")
+        cells = page.locator(".jp-CodeCell").filter(has_text="NotImplementedError")
+        for number in range(cells.count()):
+            cell = cells.nth(number)
+            cell.scroll_into_view_if_needed()
+            editor = cell.locator(".cm-scroller").first
+            widths = editor.evaluate("editor => [editor.scrollWidth, editor.clientWidth]")
+            assert widths[0] <= widths[1], f"{name}: stub {number + 1} is {widths[0]} px wide in {widths[1]} px"
+            if number == 0:
+                cell.screenshot(path=str(SCREENSHOTS / f"{name}_student_stub.png"))
+        stubs += cells.count()
+        page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+        page.close()
+    assert stubs, "no stub found in the student edition"

@@ -6,9 +6,15 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from nbgrader.nbgraderformat import MetadataValidator
 from nbgrader.preprocessors import CheckCellMetadata, ClearSolutions, LockCells
+
+from clip_helpers.course import SHARED_DATA
+from clip_helpers.files import save_atomically
+from clip_helpers.profiles import PROFILES
+from clip_helpers.training.recipes import RECIPES, mini_clip_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_student  # noqa: E402
@@ -75,22 +81,24 @@ ASSIGNMENT = "cosine"
 
 
 def excerpt(path) -> nbformat.NotebookNode:
-    """The exercises of one notebook as an assignment: each task, its solution and its check, the open question,
-    after a locked cell that imports torch (the notebook's own first cells load a model, which grading needs not)."""
+    """The exercises of one notebook as an assignment: its parameters (the smoke profile), its start and its model
+    load as a notebook has them, then each task, its solution and its check, and the open question."""
     teacher = nbformat.read(path, as_version=4)
-    setup = nbformat.v4.new_code_cell("import torch", metadata={"nbgrader": {
-        "grade": False, "grade_id": "setup", "locked": True, "schema_version": 3, "solution": False}})
-    cells = [setup]
+    parameters = next(cell for cell in teacher.cells if "parameters" in cell.metadata.get("tags", []))
+    parameters.source = parameters.source.replace('profile = "auto"', 'profile = "smoke"')
+    assert 'profile = "smoke"' in parameters.source and 'data_dir = "data"' in parameters.source
+    start = next(cell for cell in teacher.cells if "course.start(" in cell.source)
+    cells = [parameters, start, next(cell for cell in teacher.cells if "lesson.load_model()" in cell.source)]
     for index, cell in enumerate(teacher.cells):
         if nbgrader_of(cell).get("solution"):
             cells += [teacher.cells[index - 1], cell] + ([teacher.cells[index + 1]] if cell.cell_type == "code" else [])
     return nbformat.v4.new_notebook(cells=cells, metadata=teacher.metadata)
 
 
-def nbgrader(course, *args):
+def nbgrader(course, *args, **variables):
     # nbgrader calls the `alembic` command of its own environment to set up the gradebook
     environment = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **variables}
     result = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=environment,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -119,8 +127,19 @@ def answered(released, teacher, wrong=None):
 COSINE_WITHOUT_B = "def cosine(a, b):\n    return (a * b).sum() / (a * a).sum().sqrt()"
 
 
+def prebuilt_data_folder(folder: Path, model) -> Path:
+    """A grader's data folder whose cache already holds the smoke profile's mini-CLIP: `model`'s (random) weights,
+    where train_mini_clip looks for them. Training it would take minutes of a loaded CPU, and a submission that
+    trained instead of loading would write other weights over these."""
+    path = mini_clip_path(RECIPES[PROFILES["smoke"].mini_recipe], folder / "weights")
+    path.parent.mkdir(parents=True)
+    save_atomically(model.state_dict(), path)
+    pd.DataFrame({"epoch": [1], "train_loss": [4.0]}).to_csv(path.with_suffix(".csv"), index=False)
+    return folder
+
+
 @pytest.mark.slow
-def test_nbgrader_grades_a_correct_a_wrong_and_a_blank_submission(tmp_path):
+def test_nbgrader_grades_a_correct_a_wrong_and_a_blank_submission(tmp_path, mini):
     from nbgrader.api import Gradebook
 
     course = tmp_path / "course"
@@ -140,7 +159,17 @@ def test_nbgrader_grades_a_correct_a_wrong_and_a_blank_submission(tmp_path):
     submit(course, "blank", released)
     for student in ("correct", "wrong", "blank"):
         nbgrader(course, "db", "student", "add", student)
-    nbgrader(course, "autograde", ASSIGNMENT)
+    # the grader's one data folder, its cache built once (README): no submission may train a mini-CLIP of its own
+    shared = prebuilt_data_folder(tmp_path / "course-data", mini)
+    cache = {path: path.read_bytes() for path in shared.rglob("*") if path.is_file()}
+    nbgrader(course, "autograde", ASSIGNMENT, **{SHARED_DATA: str(shared)})
+    assert {path: path.read_bytes() for path in shared.rglob("*") if path.is_file()} == cache
+    for student in ("correct", "wrong", "blank"):
+        graded = course / "autograded" / student / ASSIGNMENT
+        assert not (graded / "data").exists()
+        start = next(cell for cell in nbformat.read(graded / "exercises.ipynb", as_version=4).cells
+                     if "course.start(" in cell.source)
+        assert f"data folder: {shared} (from {SHARED_DATA})" in "".join(out.get("text", "") for out in start.outputs)
     nbgrader(course, "generate_feedback", ASSIGNMENT)
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
