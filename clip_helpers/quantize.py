@@ -204,7 +204,12 @@ def text_tower_tensors(model):
 
 
 def first_images(loader):
-    """The images of a loader's first (images, labels) batch, to calibrate an int8 copy on; None when it is empty."""
+    """The images of a loader's first (images, labels) batch, to calibrate an int8 copy on; None when it is empty.
+
+    The loader is read again afterwards, so a one-pass iterator (a generator) is refused: it would lose that batch."""
+    if iter(loader) is loader:
+        raise ValueError("int8 evaluation reads the loader twice (its first batch calibrates the int8 copy): pass a "
+                         "DataLoader or a list of (images, labels) batches, not a generator or iterator")
     batch = next(iter(loader), None)
     return None if batch is None else batch[0]
 

@@ -132,3 +132,10 @@ def test_a_calibrated_int8_tower_is_close_to_fp32_with_no_dynamic_layers_left(vi
         expected, got = vit.encode_image(images), int8.encode_image(images)
     assert not torch.equal(got, expected)
     assert F.cosine_similarity(got, expected).min() > 0.99
+
+
+def test_int8_evaluation_refuses_a_one_pass_loader_rather_than_lose_its_first_batch(vit):
+    batches = [(torch.randn(4, 3, 32, 32), torch.arange(4)) for _ in range(2)]
+    classifier = build_classifier(vit, ["red", "green", "blue", "yellow"], ["a {} shape."])
+    with pytest.raises(ValueError, match="reads the loader twice.*not a generator"):
+        evaluate(vit, iter(batches), classifier, int8=True)
