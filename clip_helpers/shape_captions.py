@@ -5,7 +5,7 @@ only where there is no clutter; and each caption's meaning as a key (equal keys 
 The mini-CLIP reads these (recipes.fit_on_shapes): a caption's size word, its second object and its "plain
 background" are each true or false of an image, so the text tower has to read more than a colour and a shape.
 """
-from .scene_captions import fits, labels_of  # noqa: F401 (labels_of: one label per meaning, as for scenes)
+from .scene_captions import fits
 from .shapes import Item
 from .text import fill
 

@@ -33,6 +33,10 @@ SHAPES_TEMPLATES = [
     "a small {}.",
     "a big {}.",
 ]
+# Fine-tuning captions filled with a class name alone (sources' train_templates): no size word or "plain background",
+# which the class name cannot make true of a given image. SHAPES_TEMPLATES stay the zero-shot prompts (as the paper's
+# ImageNet ensemble, "a photo of a small {}." among them: a prompt is averaged, not claimed of one image).
+SHAPES_CAPTION_TEMPLATES = [t for t in SHAPES_TEMPLATES if not {"small", "big", "plain"} & set(t.split())]
 # Prompts the mini-CLIP never trained on (clip_helpers.compositional tests them). The first list reorders the
 # training captions' own words; the second brings words ("image", "this", "is", ...) that no training
 # caption holds, whose token embeddings therefore never received a gradient: they are still random.

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from clip_helpers import shape_captions as captions
-from clip_helpers.scene_captions import MAX_TOKENS
+from clip_helpers.scene_captions import MAX_TOKENS, labels_of
 from clip_helpers.shapes import ShapesDataset, Item
 from clip.clip import _tokenizer
 
@@ -54,9 +54,18 @@ def test_equal_meaning_equal_key_whatever_the_phrasing():
     assert len(sentences) == 1 and len(next(iter(sentences.values()))) > 2  # several phrasings, one meaning
     assert captions.caption(item, "size", rng)[1] != captions.caption(Item("red", "circle", "small", None, True),
                                                                       "size", rng)[1]
-    assert captions.labels_of([("a",), ("b",), ("a",)]) == [0, 1, 0]
+    assert labels_of([("a",), ("b",), ("a",)]) == [0, 1, 0]  # equal keys, one label (a shared positive)
 
 
 def test_a_level_the_item_does_not_allow_is_refused():
     with pytest.raises(ValueError, match="both"):
         captions.caption(Item("red", "circle", "small", None, True), "both", np.random.default_rng(0))
+
+
+def test_fine_tuning_captions_of_a_class_name_claim_nothing_the_name_cannot_know():
+    # A caption made from the class name alone cannot know the drawn size or the clutter: no size word, no "plain".
+    from clip_helpers.sources import open_source
+    opened = open_source("shapes", "train", n_per_class=1)
+    words = {word for template in opened.train_templates for word in template.split()}
+    assert not {"small", "big", "plain"} & words and opened.train_templates
+    assert {"small", "big"} <= {word for template in opened.templates for word in template.split()}  # prompts keep them

@@ -133,20 +133,6 @@ def fit_on_shapes(model, recipe: dict, progress: bool = True, on_epoch=None) -> 
                       captions=shape_captions.captions_for, on_epoch=on_epoch)
 
 
-def fit_on_templates(model, recipe: dict, progress: bool = True) -> pd.DataFrame:
-    """Train `model` in place with fine_tune on the shapes splits of `recipe`, captions SHAPES_TEMPLATES filled with
-    the class name (the mini-CLIP's training before v5: size words were not true of the drawing); its history, with
-    held_out_top1 (zero-shot top-1 on the held-out pairs) after every epoch."""
-    train, val, held_out, class_names = shapes_splits(recipe, preprocess_for(32))
-    config = TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
-                         lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
-                         seed=recipe["seed"], amp=recipe["amp"], progress=progress)
-    return fine_tune(model, train_loader_for(train, recipe["batch_size"], recipe["seed"]),
-                     val_loader_for(val, recipe["batch_size"], recipe["seed"]), config,
-                     extra_scores=lambda model: {"held_out_top1": held_out_top1(model, held_out, class_names,
-                                                                                SHAPES_TEMPLATES)})
-
-
 def fit_on_scenes(model, recipe: dict, progress: bool = True, on_epoch=None) -> pd.DataFrame:
     """Train `model` in place on the scenes of `recipe` (scene_training.fit_scenes). Its history has fine_tune's
     columns, val_* and held_out_top1 on fresh single-shape images of the seen and the held-out pairs (36-way,
