@@ -1,7 +1,8 @@
 """Does the mini-CLIP compose? Prompts it never saw, attribute binding, and held-out pairs over seeds.
 
-The mini-CLIP learns its language from its captions alone: SHAPES_TEMPLATES filled with 36 class names, 23
-distinct tokens in all. A word outside them ("an", "crimson", "quadrilateral") keeps the random embedding it
+The mini-CLIP learns its language from its captions alone (shape_captions: colour, shape, size words, a second
+shape, "a circle in red"; training_texts), a few dozen distinct tokens. A word outside them ("crimson",
+"quadrilateral") keeps the random embedding it
 was initialised with (no caption ever gave it a gradient), so prompts that use it test nothing the model
 learned. That is the lesson, against CLIP's 400M pairs: CLIP's vocabulary was trained; this one was not.
 
@@ -15,6 +16,7 @@ import pandas as pd
 import torch
 from clip.simple_tokenizer import SimpleTokenizer
 
+from . import shape_captions
 from .features import encode_images
 from .training.recipes import train_mini_clip
 from .shapes import (COLOUR_SYNONYMS, COLOURS, HELD_OUT, SHAPE_SYNONYMS, SHAPES, SHAPES_NEW_WORD_TEMPLATES,
@@ -58,7 +60,12 @@ def tokens_of(texts: list[str]) -> set[str]:
 
 
 def training_texts() -> list[str]:
-    return [fill(template, name) for template in SHAPES_TEMPLATES for name in class_names_for()]
+    """Sentences holding every word the mini-CLIP read: its prompts and a sample of its training captions
+    (shape_captions: size words, "and", "a circle in red")."""
+    dataset = ShapesDataset("all", n_per_class=8)
+    sample, _ = shape_captions.captions_for([dataset.item(index) for index in range(len(dataset))],
+                                            np.random.default_rng(0))
+    return [fill(template, name) for template in SHAPES_TEMPLATES for name in class_names_for()] + sample
 
 
 def unseen_tokens(texts: list[str]) -> list[str]:

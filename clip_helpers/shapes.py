@@ -1,10 +1,16 @@
 """Coloured shapes with captions: a dataset that needs no download, for teaching and for training mini-CLIP.
 
-Every image shows one shape in one colour on a pale noisy background, e.g. "red circle". Six (colour, shape)
-pairs are held out of the training split, so a model trained on "train" can be asked about pairs it has
+Every image shows one main shape in one colour, e.g. "red circle", on a pale noisy background. Six (colour,
+shape) pairs are held out of the training split, so a model trained on "train" can be asked about pairs it has
 never seen (compositional zero-shot): it saw red things and circles, but never a red circle.
+So that a trained model is not perfect (each lesson's effect needs mistakes and doubt to show), the main shape is
+small or big (its size word is true of the drawing), its colour is jittered so that neighbouring colours
+(red/orange/yellow, blue/purple) sometimes look alike, some backgrounds carry clutter lines, and some images hold
+a smaller distractor shape of another seen pair (Item says what was drawn; shape_captions describes it).
 """
+import colorsys
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -27,6 +33,10 @@ SHAPES_TEMPLATES = [
     "a small {}.",
     "a big {}.",
 ]
+# Fine-tuning captions filled with a class name alone (sources' train_templates): no size word or "plain background",
+# which the class name cannot make true of a given image. SHAPES_TEMPLATES stay the zero-shot prompts (as the paper's
+# ImageNet ensemble, "a photo of a small {}." among them: a prompt is averaged, not claimed of one image).
+SHAPES_CAPTION_TEMPLATES = [t for t in SHAPES_TEMPLATES if not {"small", "big", "plain"} & set(t.split())]
 # Prompts the mini-CLIP never trained on (clip_helpers.compositional tests them). The first list reorders the
 # training captions' own words; the second brings words ("image", "this", "is", ...) that no training
 # caption holds, whose token embeddings therefore never received a gradient: they are still random.
@@ -49,6 +59,13 @@ COLOUR_SYNONYMS = {"red": "crimson", "green": "emerald", "blue": "navy",
 SHAPE_SYNONYMS = {"circle": "disc", "square": "quadrilateral", "triangle": "wedge",
                   "star": "pentagram", "cross": "plus", "heart": "valentine"}
 SUPERSAMPLE = 4  # shapes are drawn 4x larger then shrunk with antialiasing, so edges stay clean at 32 px
+# Radius over the image side. Every small main shape is smaller than every big one, and a distractor is smaller
+# still (its main shape is then always big), so "small", "big" and "the main shape" are true of the drawing.
+RADII = {"small": (0.17, 0.23), "big": (0.29, 0.38)}
+DISTRACTOR_RADIUS = (0.11, 0.14)
+DISTRACTOR_P = 0.4  # share of images with a distractor
+CLUTTER_LINES = (0, 0, 1, 2, 3)  # lines drawn across the background: none in two images of five ("plain")
+HUE_JITTER = 10.0  # degrees (std, cut at 2.5 std): red/orange sit 30 degrees apart, orange/yellow 23
 
 
 def outline(shape):
@@ -89,14 +106,83 @@ def draw_mask(shape, size, rng):
     return mask.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def draw_shape(colour, shape, size=32, rng=None):
-    """One PIL RGB image of a `colour` `shape` on a pale, slightly tinted, noisy background."""
-    rng = np.random.default_rng() if rng is None else rng
+@dataclass(frozen=True)
+class Item:
+    """What one image shows: its main shape's colour, shape and size word, and the distractor's (colour, shape)
+    (always small) or None; plain: no clutter lines."""
+    colour: str
+    shape: str
+    size: str
+    distractor: tuple[str, str] | None
+    plain: bool
+
+
+def jittered(colour: str, rng) -> tuple[int, int, int]:
+    """RGB[colour] with its hue moved by a cut normal of HUE_JITTER degrees, saturation and value varied."""
+    hue, saturation, value = colorsys.rgb_to_hsv(*(np.array(RGB[colour]) / 255))
+    hue = (hue + np.clip(rng.normal(0, HUE_JITTER), -2.5 * HUE_JITTER, 2.5 * HUE_JITTER) / 360) % 1
+    rgb = colorsys.hsv_to_rgb(hue, saturation * rng.uniform(0.8, 1.0), min(1.0, value * rng.uniform(0.85, 1.05)))
+    return tuple(int(round(255 * v)) for v in rgb)
+
+
+def random_item(colour: str, shape: str, rng) -> Item:
+    """The main shape's size, a distractor of a seen pair sharing neither its colour nor its shape, or none."""
+    distractor = None
+    if rng.random() < DISTRACTOR_P:
+        others = [(c, s) for c in COLOURS for s in SHAPES if c != colour and s != shape and (c, s) not in HELD_OUT]
+        distractor = others[rng.integers(len(others))]
+    size = "big" if distractor else str(rng.choice(["small", "big"]))
+    return Item(colour, shape, size, distractor, plain=bool(rng.choice(CLUTTER_LINES) == 0))
+
+
+def polygon(shape: str, centre, radius: float, rng) -> list[tuple[float, float]]:
+    angle = math.radians(rng.uniform(-25, 25))
+    cos, sin = math.cos(angle), math.sin(angle)
+    return [(centre[0] + radius * (x * cos - y * sin), centre[1] + radius * (x * sin + y * cos)) for x, y in outline(shape)]
+
+
+def placements(item: Item, big: int, rng) -> list[tuple[str, str, tuple[float, float], float]]:
+    """[(colour, shape, centre, radius)] on the big canvas: the main shape, then the distractor in a corner
+    far enough away that the two never overlap."""
+    radius = rng.uniform(*RADII[item.size]) * big
+    low, high = radius + 0.04 * big, big - radius - 0.04 * big
+    if item.distractor is None:
+        return [(item.colour, item.shape, tuple(rng.uniform(low, high, size=2)), radius)]
+    small = rng.uniform(*DISTRACTOR_RADIUS) * big
+    corner = rng.integers(2, size=2)  # 0: left/top, 1: right/bottom
+    spot = np.where(corner == 0, small + 0.03 * big, big - small - 0.03 * big) + rng.uniform(-0.02, 0.02, 2) * big
+    for _ in range(20):
+        centre = rng.uniform(low, high, size=2)
+        if np.hypot(*(centre - spot)) > 1.05 * (radius + small) + 0.03 * big:
+            break
+    else:  # the far side of the canvas from the distractor's corner
+        centre = np.where(corner == 0, high, low)
+    return [(item.colour, item.shape, tuple(centre), radius), (*item.distractor, tuple(spot), small)]
+
+
+def draw_item(item: Item, size: int, rng) -> Image.Image:
+    """The item on a pale, tinted, noisy size x size background (clutter lines unless plain); one resize."""
+    big = size * SUPERSAMPLE
     tint = rng.uniform(205, 245) + rng.uniform(-10, 10, size=3)
-    background = np.clip(tint + rng.normal(0, 6, size=(size, size, 3)), 0, 255).astype(np.uint8)
-    fill = np.clip(np.array(RGB[colour]) + rng.uniform(-15, 15, size=3), 0, 255).astype(int)
-    mask = draw_mask(shape, size, rng)
-    return Image.composite(Image.new("RGB", (size, size), tuple(fill)), Image.fromarray(background), mask)
+    canvas = Image.new("RGB", (big, big), tuple(int(v) for v in np.clip(tint, 0, 255)))
+    pen, mask = ImageDraw.Draw(canvas), Image.new("L", (big, big), 0)
+    for _ in range(0 if item.plain else int(rng.integers(1, 4))):
+        grey = tint.mean() - rng.uniform(30, 70) + rng.uniform(-8, 8, size=3)
+        pen.line([tuple(rng.uniform(0, big, size=2)), tuple(rng.uniform(0, big, size=2))],
+                 fill=tuple(int(v) for v in np.clip(grey, 0, 255)), width=int(rng.integers(1, 3)) * SUPERSAMPLE)
+    for colour, shape, centre, radius in placements(item, big, rng):
+        points = polygon(shape, centre, radius, rng)
+        pen.polygon(points, fill=jittered(colour, rng))
+        ImageDraw.Draw(mask).polygon(points, fill=255)
+    pixels = np.asarray(canvas.reduce(SUPERSAMPLE), dtype=np.float64)
+    background = 1 - np.asarray(mask.reduce(SUPERSAMPLE), dtype=np.float64)[..., None] / 255
+    return Image.fromarray(np.clip(pixels + rng.normal(0, 6, size=(size, size, 3)) * background, 0, 255).astype(np.uint8))
+
+
+def draw_shape(colour, shape, size=32, rng=None):
+    """One PIL RGB image of a `colour` `shape` (size, distractor and clutter drawn from `rng`, see Item)."""
+    rng = np.random.default_rng() if rng is None else rng
+    return draw_item(random_item(colour, shape, rng), size, rng)
 
 
 class ShapesDataset(Dataset):
@@ -127,12 +213,17 @@ class ShapesDataset(Dataset):
         pixels."""
         return f"split={self.split!r}, n_per_class={self.n_per_class}, image_size={self.image_size}, seed={self.seed}"
 
+    def item_rng(self, index):
+        return np.random.default_rng([self.seed, self.targets[index], index % self.n_per_class])
+
+    def item(self, index) -> Item:
+        """What image `index` shows (its size word, distractor, clutter): the facts its captions describe."""
+        return random_item(*self.classes[self.targets[index]].split(" "), self.item_rng(index))
+
     def __getitem__(self, index):
-        label = self.targets[index]
-        rng = np.random.default_rng([self.seed, label, index % self.n_per_class])
-        colour, shape = self.classes[label].split(" ")
-        image = draw_shape(colour, shape, self.image_size, rng)
-        return (self.transform(image) if self.transform else image), label
+        rng = self.item_rng(index)
+        image = draw_item(random_item(*self.classes[self.targets[index]].split(" "), rng), self.image_size, rng)
+        return (self.transform(image) if self.transform else image), self.targets[index]
 
 
 def draw_scene(n_objects: int = 3, size: int = 96, object_size: int = 32, seed: int = 0,

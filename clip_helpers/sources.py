@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from .data import ImageFolderCaptions, caltech256, cifar10, classes_of, per_class_subset, targets_of
 from .photos import write_photos
-from .shapes import SHAPES_TEMPLATES, ShapesDataset
+from .shapes import SHAPES_CAPTION_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset
 from .text import CIFAR10_TEMPLATES
 
 SOURCES = ("shapes", "cifar10", "caltech256", "photos")
@@ -52,7 +52,7 @@ def open_source(source: str, split: str = "train", *, n_per_class: int | None = 
             raise ValueError(f'split of "shapes" must be "train", "test", "held_out" or "all", not {split!r}')
         dataset = ShapesDataset({"test": "train", "held_out": "heldout"}.get(split, split),
                                 n_per_class=n_per_class or SHAPES_PER_CLASS, seed=seed, transform=transform)
-        return Source(dataset, list(dataset.classes), SHAPES_TEMPLATES, SHAPES_TEMPLATES, has_test_split=False)
+        return Source(dataset, list(dataset.classes), SHAPES_TEMPLATES, SHAPES_CAPTION_TEMPLATES, has_test_split=False)
     if name == "cifar10":
         if split not in ("train", "test"):
             raise ValueError(f'split of "cifar10" must be "train" or "test", not {split!r}')

@@ -177,8 +177,9 @@ def test_mini_clip_splits_never_share_an_image():
 @pytest.mark.slow
 def test_train_mini_clip_smoke_recipe_trains_caches_and_reloads(tmp_path):
     model, preprocess, history = recipes.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 2 and files[0].startswith("mini-clip-shapes-") and recipes.recipe_key(recipes.MINI_RECIPE) not in files[0]
+    files = sorted(p.name for p in tmp_path.iterdir())  # the weights, their history and the epoch-1 weights
+    assert len(files) == 3 and files[0].startswith("mini-clip-shapes-") and recipes.recipe_key(recipes.MINI_RECIPE) not in files[0]
+    assert recipes.early_checkpoint_path(SMOKE_RECIPE, tmp_path).name in files
     assert {"train_loss", "val_top1", "held_out_top1"} <= set(history.columns)
     again, _, cached_history = recipes.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
     assert cached_history["train_loss"].tolist() == pytest.approx(history["train_loss"].tolist())

@@ -20,13 +20,15 @@ from .config import FineTuneData, RunFolder, TrainConfig
 from .processes import processes_from_env
 from .settings import SettingsError, data_problems
 from .scene_training import fit_scenes, scene_scores, scene_splits
+from .. import shape_captions
 from ..shapes import SHAPES_TEMPLATES, ShapesDataset
 from ..sources import open_source, source_name
 from .loop import fine_tune
 from ..zeroshot import build_classifier
 
-# The mini-CLIP's recipe: one shape per image (clip_helpers.shapes), captioned with SHAPES_TEMPLATES (its accuracy
-# and time: the README and notebook 08 print them).
+# The mini-CLIP's recipe: one main shape per image (clip_helpers.shapes: sizes, jittered colours, clutter and
+# distractors), n_per_class * (1 - val_fraction) images of each seen pair, each epoch captioned afresh with what it
+# shows (shape_captions); scored on new images. Its effects and time: tools/offline_world_report.py.
 MINI_RECIPE = dict(world="shapes", n_per_class=100, val_fraction=0.2, num_epochs=12, batch_size=128, lr=2e-3,
                    weight_decay=0.1, warmup_fraction=0.1, seed=0, amp="auto")
 # The same task for the ViT mini-CLIP (models.MINI_VIT_CLIP), which needs more, smaller steps than the ResNet.
@@ -43,7 +45,7 @@ SMOKE_RECIPE = dict(world="shapes", n_per_class=4, val_fraction=0.25, num_epochs
 SCENES_SMOKE_RECIPE = dict(SCENES_RECIPE, n_scene_pairs=24, n_test_pairs=8, n_val_per_class=1, num_epochs=1,
                            batch_size=32)
 RECIPES = {"default": MINI_RECIPE, "smoke": SMOKE_RECIPE, "scenes": SCENES_RECIPE, "scenes-smoke": SCENES_SMOKE_RECIPE}
-HISTORY_VERSION = "v4"  # a new version retrains every cached mini-CLIP (its history's columns changed)
+HISTORY_VERSION = "v5"  # a new version retrains every cached mini-CLIP (v5: the harder shapes world, captions per image)
 
 
 def rendered(dataset) -> TensorDataset:
@@ -89,28 +91,49 @@ def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrai
         except ValueError as error:  # load_clip's messages for a damaged file; pandas' EmptyDataError is one too
             warnings.warn(f"The cached mini-CLIP {path} is unusable, so it is trained again: {error}", stacklevel=2)
     model = build_random_clip(recipe.get("architecture", "mini"), seed=recipe["seed"]).to(device)
-    history = (fit_on_scenes if recipe.get("world") == "scenes" else fit_on_shapes)(model, recipe, progress)
+    early = {}
+
+    def keep_epoch_one(model, epoch):
+        if epoch == 1:
+            early["state"] = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    history = (fit_on_scenes if recipe.get("world") == "scenes" else fit_on_shapes)(model, recipe, progress,
+                                                                                  on_epoch=keep_epoch_one)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomically(model.state_dict(), path)
+    save_atomically(early["state"], early_checkpoint_path(recipe, cache_dir))  # before the final one, so a final
+    save_atomically(model.state_dict(), path)  # file always has its early one beside it
     history.to_csv(history_path, index=False)
     return model.eval(), preprocess_for(32), history
 
 
-def fit_on_shapes(model, recipe: dict, progress: bool = True) -> pd.DataFrame:
-    """Train `model` in place with fine_tune on the shapes splits of `recipe`; its history, with held_out_top1
-    (zero-shot top-1 on the held-out pairs) after every epoch."""
-    train, val, held_out, class_names = shapes_splits(recipe, preprocess_for(32))
+def fit_on_shapes(model, recipe: dict, progress: bool = True, on_epoch=None) -> pd.DataFrame:
+    """Train `model` in place on the shapes of `recipe`, each image captioned afresh every epoch with what it shows
+    (shape_captions.captions_for; captions of equal meaning share a positive), batches keeping pairs of images of
+    one pair together (one often small, the other big: size words pay). Its history has fine_tune's columns val_*
+    (36-way zero-shot, SHAPES_TEMPLATES, on new images of the seen pairs) and held_out_top1 after every epoch."""
+    preprocess = preprocess_for(32)
+    n_train = max(2, 2 * round(recipe["n_per_class"] * (1 - recipe["val_fraction"]) / 2))  # even: pairs of one pair
+    train = ShapesDataset("train", n_per_class=n_train, seed=recipe["seed"])
+    images = rendered(ShapesDataset("train", n_per_class=n_train, seed=recipe["seed"], transform=preprocess)).tensors[0]
+    items = [train.item(index) for index in range(len(train))]
+    n_val = max(1, round(recipe["n_per_class"] * recipe["val_fraction"]))
+    # seed + 100: new images, none of them those the notebooks test on (seed + 1 to seed + 3)
+    val, held_out = (rendered(ShapesDataset(split, n_per_class=n_val, seed=recipe["seed"] + 100, transform=preprocess))
+                     for split in ("train", "heldout"))
+    class_names = train.classes
     config = TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
                          lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
-                         seed=recipe["seed"], amp=recipe["amp"], progress=progress,
-                         accum_steps=recipe.get("accum_steps", 1), loss=recipe.get("loss", "clip"))
-    return fine_tune(model, train_loader_for(train, recipe["batch_size"], recipe["seed"]),
-                     val_loader_for(val, recipe["batch_size"], recipe["seed"]), config,
-                     extra_scores=lambda model: {"held_out_top1": held_out_top1(model, held_out, class_names,
-                                                                                SHAPES_TEMPLATES)})
+                         seed=recipe["seed"], amp=recipe["amp"], progress=progress)
+    val_loader = val_loader_for(val, recipe["batch_size"], recipe["seed"])
+
+    def epoch_scores(model):
+        classifier = build_classifier(model, class_names, SHAPES_TEMPLATES)
+        return {**validation_scores(model, val_loader, classifier, recipe["amp"]),
+                "held_out_top1": held_out_top1(model, held_out, class_names, SHAPES_TEMPLATES)}
+    return fit_scenes(model, images, items, config, recipe["batch_size"], epoch_scores,
+                      captions=shape_captions.captions_for, on_epoch=on_epoch)
 
 
-def fit_on_scenes(model, recipe: dict, progress: bool = True) -> pd.DataFrame:
+def fit_on_scenes(model, recipe: dict, progress: bool = True, on_epoch=None) -> pd.DataFrame:
     """Train `model` in place on the scenes of `recipe` (scene_training.fit_scenes). Its history has fine_tune's
     columns, val_* and held_out_top1 on fresh single-shape images of the seen and the held-out pairs (36-way,
     SHAPES_TEMPLATES), plus scene_loss and scene_inbatch_top1 on held-back scenes of seen pairs."""
@@ -130,7 +153,7 @@ def fit_on_scenes(model, recipe: dict, progress: bool = True) -> pd.DataFrame:
         return {**validation_scores(model, val_loader, classifier, recipe["amp"]),
                 "held_out_top1": held_out_top1(model, held_out, class_names, SHAPES_TEMPLATES),
                 "scene_loss": scene["scene_loss"], "scene_inbatch_top1": scene["inbatch_top1"]}
-    return fit_scenes(model, *splits["train"], config, recipe["batch_size"], epoch_scores)
+    return fit_scenes(model, *splits["train"], config, recipe["batch_size"], epoch_scores, on_epoch=on_epoch)
 
 
 def held_out_top1(model, dataset, class_names: list[str], templates: list[str]) -> float:
@@ -212,3 +235,9 @@ def fine_tune_on(data: FineTuneData = FineTuneData(), config: TrainConfig | None
                         val_loader_for(val, data.batch_size, config.seed, data.workers, pin_memory=pin), config,
                         run_folder)
     return model, history
+
+
+def early_checkpoint_path(recipe: dict | None = None, cache_dir="data/weights") -> Path:
+    """Where train_mini_clip keeps the epoch-1 weights of `recipe` beside the final ones (for comparisons)."""
+    path = mini_clip_path(recipe, cache_dir)
+    return path.with_name(path.stem + "-epoch1.pt")

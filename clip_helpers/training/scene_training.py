@@ -34,15 +34,17 @@ def twin_batches(n_scenes: int, batch_size: int, seed: int) -> list[list[int]]:
     return [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
 
 
-def scene_epoch(model, images, scenes, parts, config, epoch: int, batch_size: int) -> tuple[float, float, float]:
-    """(mean training loss, its mean floor, lr of the last step) of one epoch over the scenes."""
+def scene_epoch(model, images, scenes, parts, config, epoch: int, batch_size: int,
+                captions=captions_for) -> tuple[float, float, float]:
+    """(mean training loss, its mean floor, lr of the last step) of one epoch over the scenes, captioned by
+    captions(scenes of a batch, rng) -> (texts, keys)."""
     optimizer, scheduler, scaler = parts
     rng = np.random.default_rng(epoch_seed(config.seed, epoch))
     losses, floors = [], []
     model.train()
     batches = twin_batches(len(scenes), batch_size, epoch_seed(config.seed, epoch))
     for batch in tqdm(batches, desc=f"epoch {epoch}/{config.num_epochs}", leave=False, disable=not config.progress):
-        texts, keys = captions_for([scenes[i] for i in batch], rng)
+        texts, keys = captions([scenes[i] for i in batch], rng)
         labels = torch.tensor(labels_of(keys))
         lr = optimizer.param_groups[0]["lr"]
         losses.append(train_step(model, images[batch], labels, texts, optimizer, scaler, config.grad_clip, config.amp))
@@ -51,8 +53,12 @@ def scene_epoch(model, images, scenes, parts, config, epoch: int, batch_size: in
     return float(np.mean(losses)), float(np.mean(floors)), lr
 
 
-def fit_scenes(model, images: torch.Tensor, scenes, config, batch_size: int, epoch_scores) -> pd.DataFrame:
-    """Train `model` in place on the rendered scenes; one history row per epoch with epoch_scores(model)'s columns."""
+def fit_scenes(model, images: torch.Tensor, scenes, config, batch_size: int, epoch_scores, captions=captions_for,
+               on_epoch=None) -> pd.DataFrame:
+    """Train `model` in place on the rendered scenes; one history row per epoch with epoch_scores(model)'s columns.
+
+    captions: scene_captions.captions_for, or another (items, rng) -> (texts, keys), e.g. shape_captions'.
+    on_epoch(model, epoch), when given, is called after each epoch is scored (recipes keeps epoch 1's weights)."""
     seed_everything(config.seed)
     steps = len(twin_batches(len(scenes), batch_size, 0))
     optimizer = make_optimizer(model, config)
@@ -61,10 +67,12 @@ def fit_scenes(model, images: torch.Tensor, scenes, config, batch_size: int, epo
     history = []
     for epoch in range(1, config.num_epochs + 1):
         start = time.perf_counter()
-        train_loss, floor, lr = scene_epoch(model, images, scenes, parts, config, epoch, batch_size)
+        train_loss, floor, lr = scene_epoch(model, images, scenes, parts, config, epoch, batch_size, captions)
         model.eval()
         history.append({"epoch": epoch, "step": epoch * steps, "train_loss": train_loss, "train_loss_floor": floor,
                         **epoch_scores(model), "lr": lr, "seconds": time.perf_counter() - start})
+        if on_epoch:
+            on_epoch(model, epoch)
     return pd.DataFrame(history)
 
 
