@@ -231,6 +231,12 @@ def attribute_baseline_predictions(labels, keep: str, rng: np.random.Generator) 
     return colour * len(SHAPES) + shape
 
 
+def course_seeds(recipe: dict, n_seeds: int = 3) -> list[int]:
+    """The training seeds the course's seed-dependent numbers are measured over (notebooks 07 and 08, the same
+    models, trained once): the recipe's own seed, whose model the other notebooks use, and the next ones."""
+    return [recipe["seed"] + offset for offset in range(n_seeds)]
+
+
 def train_seeds(seeds: list[int], recipe: dict | None = None, cache_dir: str = "data/weights",
                 progress: bool = False) -> dict:
     """{seed: mini-CLIP} trained by recipes.train_mini_clip with the recipe's seed replaced; each is cached

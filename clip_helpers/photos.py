@@ -23,6 +23,10 @@ PHOTOS = {
 }
 
 
+# The five photos of the report's Fig 12 (five images, five captions), in the order make reproduce draws them.
+REPORT_FIG12 = ("astronaut", "chelsea", "coffee", "rocket", "horse")
+
+
 def photo(name: str) -> Image.Image:
     """The scikit-image photo `name` (a key of PHOTOS) as an RGB image."""
     source = next(Path(skimage.data_dir).glob(f"{name}.*"))  # rocket is a .jpg, the others .png

@@ -251,3 +251,14 @@ def test_train_seeds_caches_one_model_per_seed(tmp_path: Path):
     assert not torch.equal(models[0].token_embedding.weight, models[1].token_embedding.weight)
     again = comp.train_seeds([1], SMOKE_RECIPE, cache_dir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(again[1].state_dict().values(), models[1].state_dict().values()))
+
+
+def test_course_seeds_start_with_the_recipes_own_model_so_notebooks_share_one_cache():
+    from clip_helpers.training.recipes import MINI_RECIPE, mini_clip_path
+
+    seeds = comp.course_seeds({**MINI_RECIPE, "seed": 5})
+    assert seeds == [5, 6, 7]
+    # the first seed's model is the one every other notebook loads (the same cache file), so 07 and 08 train
+    # only the others, once
+    first = comp.course_seeds(MINI_RECIPE)[0]
+    assert mini_clip_path({**MINI_RECIPE, "seed": first}) == mini_clip_path(MINI_RECIPE)

@@ -256,3 +256,45 @@ def test_an_explorer_redraws_its_figure_in_place_when_a_control_changes(monkeypa
     heights = [bar.get_height() for bar in updates[-1].axes[0].patches]
     np.testing.assert_allclose(heights, torch.softmax(5.0 * similarities, 0).numpy(), rtol=1e-5)
     assert explorer.children[0].style.description_width == widgets.LABEL_STYLE["description_width"]
+
+
+def overlaps(first, second) -> bool:
+    return first.x0 < second.x1 and second.x0 < first.x1 and first.y0 < second.y1 and second.y0 < first.y1
+
+
+def test_per_class_accuracy_writes_every_value_so_a_zero_is_not_a_missing_bar():
+    confusion = np.array([[0, 4], [1, 3]])  # class a: 0%, class b: 75%
+    fig = plots.per_class_accuracy(confusion, ["a", "b"], errors=[0.0, 5.0])
+    assert sorted(texts_in(fig)) == ["0", "75"]
+
+
+def test_accuracy_bars_keep_their_legend_off_the_bars_and_draw_error_bars():
+    table = pd.DataFrame({"model": [100.0, 100.0, 100.0], "baseline": [95.0, 99.0, 100.0]}, index=["a", "b", "c"])
+    errors = pd.DataFrame({"model": [0.0, 3.0, 1.0]}, index=["a", "b", "c"])  # no error bar for the baseline
+    fig = plots.accuracy_bars(table, "bars that fill the axes", errors=errors)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not any(overlaps(legend, bar.get_window_extent(renderer)) for bar in ax.patches)
+    assert sorted(texts_in(fig)) == sorted(f"{v:.1f}" for v in table.to_numpy().flatten())
+    caps = [line for container in ax.containers if isinstance(container, matplotlib.container.ErrorbarContainer)
+            for line in container.lines[2]]
+    assert caps, "the errors are drawn as error bars"
+
+
+def test_lines_keep_their_legend_off_the_plot():
+    table = pd.DataFrame({"up": [0.0, 50.0, 100.0], "down": [100.0, 50.0, 0.0]}, index=[1, 2, 4])
+    fig = plots.lines(table, "t", "k", "%")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    assert not overlaps(ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer))
+
+
+def test_confusion_matrix_of_a_few_classes_keeps_the_percent_of_each_whole_row():
+    confusion = np.array([[6, 2, 2], [0, 10, 0], [5, 0, 5]])
+    fig = plots.confusion_matrix(confusion, ["a", "b", "c"], shown=[0, 2])
+    shown = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(shown, [[60, 20], [50, 50]])  # row a: 20% went to b, which is not drawn
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "c"]

@@ -86,14 +86,17 @@ ANSWERS = {
         "With a handful of labelled images per class, the linear probe can fall below zero-shot on the very same "
         "features, although it learns from labels and zero-shot learns from none. Why, and what would let the "
         "labels add to what the text already knows?",
-        "A probe fitted on k images per class starts from nothing: it must estimate a direction per class from k "
-        "noisy points, and with k = 1 or 2 it largely fits the particular images drawn (hence the wide spread "
-        "between draws). The zero-shot classifier already holds a good direction per class, written in words and "
-        "learned from millions of captions. The two do not add up because the probe ignores the text: starting "
-        "L-BFGS from the zero-shot weights changes nothing (the regularised loss is convex, one optimum), but a "
-        "penalty that pulls the probe towards the zero-shot rows instead of towards 0 does, as in later work "
-        "(e.g. WiSE-FT, Tip-Adapter). With more labelled images the probe overtakes zero-shot, as in the paper's "
-        "Fig 6 (on average about 4 images per class).",
+        "A probe fitted on k images per class starts from nothing: it must estimate a direction per class "
+        "from k noisy points, and with k = 1 or 2 it largely fits the particular images drawn (hence the "
+        "spread between draws). The zero-shot classifier already holds a good direction per class, written in "
+        "words and learned from millions of captions. The two do not add up because the probe ignores the "
+        "text: starting L-BFGS from the zero-shot weights changes nothing (the regularised loss is convex, "
+        "one optimum), but a penalty that pulls the probe towards the zero-shot rows instead of towards 0 "
+        "does. Later work uses the text's classifier in other ways: WiSE-FT (Wortsman et al. 2022) fine-tunes "
+        "the model and then interpolates its weights with the zero-shot model's; Tip-Adapter (Zhang et al. "
+        "2022) trains nothing: it keeps the few-shot images' features and labels as a cache and adds the "
+        "cache's similarity-weighted labels to the zero-shot logits. With more labelled images the probe "
+        "overtakes zero-shot, as in the paper's Fig 6 (on average about 4 images per class).",
     ),
     "10": (
         "Here an image's true partners are all the captions of its class. How would recall@1 change if only one "

@@ -62,19 +62,29 @@ def similarity_bars(similarities, title, xlabel="cosine similarity"):
     return fig
 
 
-def accuracy_bars(table, title, ylabel="accuracy (%)"):
-    """Grouped bars from a DataFrame: one group per row (index), one bar per column, values on top."""
+def accuracy_bars(table, title, ylabel="accuracy (%)", errors=None):
+    """Grouped bars from a DataFrame: one group per row (index), one bar per column, values on top; `errors`
+    (a DataFrame of the same shape, e.g. the std over seeds; NaN for none) as error bars. The legend sits
+    outside the axes, so it never hides a bar."""
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table) + 2), 4))
-    table.set_axis([str(i) for i in table.index]).plot.bar(ax=ax, width=0.8, rot=0)
-    for bars in ax.containers:
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set(ylabel=ylabel, ylim=(0, 110), title=title)
+    yerr = None if errors is None else errors.reindex_like(table).set_axis([str(i) for i in table.index])
+    table.set_axis([str(i) for i in table.index]).plot.bar(ax=ax, width=0.8, rot=0, yerr=yerr, capsize=3)
+    bar_groups = [bars for bars in ax.containers if isinstance(bars, matplotlib.container.BarContainer)]
+    for bars, column in zip(bar_groups, table.columns):
+        above = np.zeros(len(table)) if yerr is None else np.nan_to_num(yerr[column].to_numpy(dtype=float))
+        for bar, extra in zip(bars, above):  # the value above its error bar, not under it
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + extra + 1, f"{bar.get_height():.1f}",
+                    ha="center", va="bottom", fontsize=8)
+    highest = np.nanmax(table.to_numpy(dtype=float) + (0 if yerr is None else np.nan_to_num(yerr.to_numpy(dtype=float))))
+    ax.set(ylabel=ylabel, ylim=(0, max(110, highest + 10)), title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def per_class_accuracy(confusion, class_names, title="Per-class accuracy (recall)", highlight=None):
-    """Horizontal bars of each class's recall in percent, worst at the top; `highlight` classes in orange."""
+def per_class_accuracy(confusion, class_names, title="Per-class accuracy (recall)", highlight=None, errors=None):
+    """Horizontal bars of each class's recall in percent, its value written beside it, worst at the top;
+    `highlight` classes in orange; `errors` (one per class, e.g. the std over seeds) as error bars."""
     confusion = as_numpy(confusion)
     totals = confusion.sum(axis=1)
     recall = 100 * confusion.diagonal() / np.where(totals == 0, 1, totals)
@@ -82,9 +92,11 @@ def per_class_accuracy(confusion, class_names, title="Per-class accuracy (recall
     highlight = set(highlight or [])
     colours = ["tab:orange" if class_names[k] in highlight else "tab:blue" for k in order]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(class_names) + 1.4))
-    ax.barh(range(len(order)), recall[order], color=colours)
+    spread = None if errors is None else np.asarray(errors, dtype=float)[order]
+    bars = ax.barh(range(len(order)), recall[order], xerr=spread, color=colours, error_kw={"lw": 0.8})
+    ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)  # a 0% class gets a "0", not a missing bar
     ax.set_yticks(range(len(order)), [class_names[k] for k in order], fontsize=8)
-    ax.set(xlabel="accuracy (%)", xlim=(0, 100), title=title)
+    ax.set(xlabel="accuracy (%)", xlim=(0, 108), title=title)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -104,7 +116,7 @@ def lines(table, title, xlabel, ylabel, logx=False, styles=None, bands=None):
         ax.set_xticks(list(table.index), [str(x) for x in table.index])
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: hides no line
     fig.tight_layout()
     return fig
 

@@ -88,12 +88,17 @@ def convolution_figure(image, kernel, response, title="A horizontal-line kernel 
     return fig
 
 
-def confusion_matrix(confusion, class_names, title="Confusion matrix (rows: true class, columns: predicted)"):
-    """Row-normalised confusion matrix in percent, counts turned into 'of the true X, % predicted Y'."""
+def confusion_matrix(confusion, class_names, title="Confusion matrix (rows: true class, columns: predicted)",
+                     shown=None):
+    """Row-normalised confusion matrix in percent, counts turned into 'of the true X, % predicted Y'. `shown`
+    (class indices) draws only those rows and columns, still in percent of each whole row: a readable figure of
+    a few classes out of many."""
     confusion = as_numpy(confusion)
     totals = confusion.sum(axis=1, keepdims=True)
     percent = 100 * confusion / np.where(totals == 0, 1, totals)
-    fmt = "{:.0f}"
-    fig = matrix_heatmap(percent, class_names, class_names, title, xlabel="predicted class", ylabel="true class",
-                         fmt=fmt, cmap="Blues", vmin=0, vmax=100, colorbar_label="% of the true class")
+    shown = np.arange(len(class_names)) if shown is None else np.asarray(shown)
+    names = [class_names[k] for k in shown]
+    fig = matrix_heatmap(percent[np.ix_(shown, shown)], names, names, title, xlabel="predicted class",
+                         ylabel="true class", fmt="{:.0f}", cmap="Blues", vmin=0, vmax=100,
+                         colorbar_label="% of the true class")
     return fig

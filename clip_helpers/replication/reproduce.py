@@ -27,7 +27,7 @@ from ..device import PRECISIONS, get_device, precision_amp, precision_name
 from ..downloads import SKIP_CHECKSUMS
 from ..features import encode_images
 from ..models import load_clip, model_summary
-from ..photos import photo, photo_descriptions
+from ..photos import REPORT_FIG12, photo, photo_descriptions
 from ..training.interrupts import exit_status, sigterm_raises, stopped
 from ..training.config import FineTuneData, RunFolder, TrainConfig
 from ..training.recipes import default_lr, fine_tune_on
@@ -41,7 +41,7 @@ MODEL = "ViT-B/32"
 PAPER_CIFAR10_ZEROSHOT = 91.3  # Radford et al. 2021, ViT-B/32, zero-shot CIFAR-10 top-1 with prompt ensembling
 PAPER_CIFAR10_PROBE = 95.1  # Radford et al. 2021, Table 10, ViT-B/32 linear probe on CIFAR-10
 # Fig 12: five of scikit-image's bundled photos (no download), captioned with their descriptions in photos.PHOTOS.
-FIG12 = ("astronaut", "chelsea", "coffee", "rocket", "horse")
+FIG12 = REPORT_FIG12
 
 
 def pretrained_or_exit(device, download_root):
