@@ -66,8 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="validate with an int8 image tower (CPU, ViT models): faster, not exact")
     parser.add_argument("--accum-steps", type=at_least(1), default=1, metavar="K",
                         help="compute each step in K chunks (GradCache): the gradient of the whole --batch-size "
-                             "(every pair's negatives kept), the memory of 1/K of it, about 1.3-1.5x the time; K must "
-                             "divide each process's share of the batch (default 1: one pass)")
+                             "(every pair's negatives kept) with the activations of 1/K of it; every chunk is encoded twice, so a "
+                             "step takes longer (the README has measurements); K must divide each process's share of "
+                             "the batch (default 1: one pass)")
     parser.add_argument("--loss", choices=LOSSES, default="clip",
                         help="clip: CLIP's softmax loss; siglip: SigLIP's sigmoid loss (each pair a yes/no decision, "
                              "a learnable bias from -10, temperature from 10)")
