@@ -38,7 +38,7 @@ NEW_VALUES = {
     "07_zero_shot": [["3", "red circle, green star, blue square, cat", "a drawing of a {}."]],
     "10_retrieval_and_applications": [["a blue triangle."]],
 }
-RUN_S, CHANGE_S = 600, 120  # a notebook's run (the smoke mini-CLIP trains on first use), one redraw
+RUN_S, CHANGE_S, SERVER_S = 600, 120, 300  # a notebook's run, one redraw, JupyterLab's start
 
 pytestmark = [pytest.mark.classroom, pytest.mark.slow]
 
@@ -129,12 +129,15 @@ def jupyterlab(tmp_path_factory):
          "--ServerApp.port_retries=0", *(["--allow-root"] if os.geteuid() == 0 else [])], env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"))
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
+        deadline = time.monotonic() + SERVER_S
+        while True:  # the server is up once it answers (a loaded machine can take minutes to start it)
             try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5)
                 break
             except OSError:
                 assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, f"JupyterLab did not answer within {SERVER_S} s: " + (
+                    folder / "server.log").read_text()[-3000:]
                 time.sleep(0.5)
         yield base, token, folder
     finally:
