@@ -163,8 +163,16 @@ def open_notebook(browser, base, token, name, folder="notebooks"):
     return page
 
 
+def command(page, name, timeout_s=120):
+    """Run JupyterLab's command `name` and wait for it, failing after timeout_s (Playwright's evaluate would wait
+    for ever on a command that never finishes, e.g. one waiting on a dialog)."""
+    page.evaluate("([name, ms]) => Promise.race([window.jupyterapp.commands.execute(name), new Promise((_, reject) =>"
+                  " setTimeout(() => reject(new Error(`${name} did not finish within ${ms / 1000} s`)), ms))])",
+                  [name, timeout_s * 1000])
+
+
 def run_all(page):
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    command(page, "notebook:run-all-cells", RUN_S)  # it may settle only once the run ends
     page.wait_for_timeout(1000)
     page.wait_for_function(
         "() => { const nb = window.jupyterapp.shell.currentWidget;"
@@ -174,7 +182,7 @@ def run_all(page):
 
 
 def save(page):
-    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    command(page, "docmanager:save")
     page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
 
 
@@ -244,7 +252,7 @@ def test_a_notebook_runs_in_jupyterlab_its_explorers_redraw_and_it_reopens_with_
     save(page)
     assert saved_errors(folder / "notebooks" / f"{name}.ipynb") == []
     ran_in = page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.id")
-    page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+    command(page, "kernelmenu:shutdown")
     page.close()
 
     page = open_notebook(playwright_browser, base, token, name)  # a fresh kernel: nothing of the run is alive
@@ -264,7 +272,7 @@ def test_a_notebook_runs_in_jupyterlab_its_explorers_redraw_and_it_reopens_with_
         assert cut_labels(cell) == [], f"{name}: reopened, explorer {number + 1}'s labels are cut"
         cell.screenshot(path=str(SCREENSHOTS / f"{name}_explorer{number + 1}_reopened.png"))
     assert "Error displaying widget" not in page.inner_text(".jp-NotebookPanel")
-    page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+    command(page, "kernelmenu:shutdown")
     page.close()
 
 
@@ -285,6 +293,6 @@ def test_the_student_editions_stubs_fit_their_cells(playwright_browser, jupyterl
             if number == 0:
                 cell.screenshot(path=str(SCREENSHOTS / f"{name}_student_stub.png"))
         stubs += cells.count()
-        page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+        command(page, "kernelmenu:shutdown")
         page.close()
     assert stubs, "no stub found in the student edition"
