@@ -38,7 +38,7 @@ NEW_VALUES = {
     "07_zero_shot": [["3", "red circle, green star, blue square, cat", "a drawing of a {}."]],
     "10_retrieval_and_applications": [["a blue triangle."]],
 }
-RUN_S, CHANGE_S = 600, 120  # a notebook's run (the smoke mini-CLIP trains on first use), one redraw
+RUN_S, CHANGE_S, SERVER_S = 600, 120, 300  # a notebook's run, one redraw, JupyterLab's start
 
 pytestmark = [pytest.mark.classroom, pytest.mark.slow]
 
@@ -129,12 +129,15 @@ def jupyterlab(tmp_path_factory):
          "--ServerApp.port_retries=0", *(["--allow-root"] if os.geteuid() == 0 else [])], env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"))
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
+        deadline = time.monotonic() + SERVER_S
+        while True:  # the server is up once it answers (a loaded machine can take minutes to start it)
             try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5)
                 break
             except OSError:
                 assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, f"JupyterLab did not answer within {SERVER_S} s: " + (
+                    folder / "server.log").read_text()[-3000:]
                 time.sleep(0.5)
         yield base, token, folder
     finally:
@@ -160,8 +163,16 @@ def open_notebook(browser, base, token, name, folder="notebooks"):
     return page
 
 
+def command(page, name, timeout_s=120):
+    """Run JupyterLab's command `name` and wait for it, failing after timeout_s (Playwright's evaluate would wait
+    for ever on a command that never finishes, e.g. one waiting on a dialog)."""
+    page.evaluate("([name, ms]) => Promise.race([window.jupyterapp.commands.execute(name), new Promise((_, reject) =>"
+                  " setTimeout(() => reject(new Error(`${name} did not finish within ${ms / 1000} s`)), ms))])",
+                  [name, timeout_s * 1000])
+
+
 def run_all(page):
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    command(page, "notebook:run-all-cells", RUN_S)  # it may settle only once the run ends
     page.wait_for_timeout(1000)
     page.wait_for_function(
         "() => { const nb = window.jupyterapp.shell.currentWidget;"
@@ -171,7 +182,7 @@ def run_all(page):
 
 
 def save(page):
-    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    command(page, "docmanager:save")
     page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
 
 
@@ -241,7 +252,7 @@ def test_a_notebook_runs_in_jupyterlab_its_explorers_redraw_and_it_reopens_with_
     save(page)
     assert saved_errors(folder / "notebooks" / f"{name}.ipynb") == []
     ran_in = page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.id")
-    page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+    command(page, "kernelmenu:shutdown")
     page.close()
 
     page = open_notebook(playwright_browser, base, token, name)  # a fresh kernel: nothing of the run is alive
@@ -261,7 +272,7 @@ def test_a_notebook_runs_in_jupyterlab_its_explorers_redraw_and_it_reopens_with_
         assert cut_labels(cell) == [], f"{name}: reopened, explorer {number + 1}'s labels are cut"
         cell.screenshot(path=str(SCREENSHOTS / f"{name}_explorer{number + 1}_reopened.png"))
     assert "Error displaying widget" not in page.inner_text(".jp-NotebookPanel")
-    page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+    command(page, "kernelmenu:shutdown")
     page.close()
 
 
@@ -282,6 +293,6 @@ def test_the_student_editions_stubs_fit_their_cells(playwright_browser, jupyterl
             if number == 0:
                 cell.screenshot(path=str(SCREENSHOTS / f"{name}_student_stub.png"))
         stubs += cells.count()
-        page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+        command(page, "kernelmenu:shutdown")
         page.close()
     assert stubs, "no stub found in the student edition"
