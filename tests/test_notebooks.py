@@ -1,5 +1,4 @@
 """Every notebook runs top to bottom in the smoke profile and writes its figures; committed notebooks are clean."""
-import ast
 import importlib.util
 import json
 import re

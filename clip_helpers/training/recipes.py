@@ -110,6 +110,9 @@ def fit_on_shapes(model, recipe: dict, progress: bool = True, on_epoch=None) -> 
     (shape_captions.captions_for; captions of equal meaning share a positive), batches keeping pairs of images of
     one pair together (one often small, the other big: size words pay). Its history has fine_tune's columns val_*
     (36-way zero-shot, SHAPES_TEMPLATES, on new images of the seen pairs) and held_out_top1 after every epoch."""
+    if recipe.get("accum_steps", 1) != 1 or recipe.get("loss", "clip") != "clip":
+        raise ValueError("the mini-CLIP's shapes training (scene_training.fit_scenes) takes neither accum_steps nor "
+                         "loss='siglip': fine-tune with them instead (TrainConfig, or --accum-steps/--loss).")
     preprocess = preprocess_for(32)
     n_train = max(2, 2 * round(recipe["n_per_class"] * (1 - recipe["val_fraction"]) / 2))  # even: pairs of one pair
     train = ShapesDataset("train", n_per_class=n_train, seed=recipe["seed"])
