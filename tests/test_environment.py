@@ -87,7 +87,9 @@ def test_every_module_the_kit_imports_is_installed_by_a_declared_package():
     project = pyproject()
     providers = importlib.metadata.packages_distributions()
     declared = installed_by(by_name(project["dependencies"]))
-    with_dev = installed_by(by_name(project["dependencies"] + project["optional-dependencies"]["dev"]))
+    # make setup installs .[dev,classroom]: the tests may import what either extra installs
+    extras = project["optional-dependencies"]
+    with_dev = installed_by(by_name(project["dependencies"] + extras["dev"] + extras["classroom"]))
     for folder, installed in ((ROOT / "clip_helpers", declared), (ROOT / "tests", with_dev)):
         missing = {module: providers.get(module) for module in third_party_imports(folder)
                    if not {canonicalize_name(d) for d in providers.get(module, [])} & installed}
