@@ -19,7 +19,7 @@ Step 3 must reproduce step 1's features exactly, or the cached gradients belong 
   from one pass over N x B (as it does across torchrun processes without SyncBatchNorm). The running
   statistics are restored after step 1, so they are updated once per chunk, as in plain chunked training.
   A ViT tower (LayerNorm only) has none of this: GradCache equals the one pass up to rounding.
-The cost: every chunk is encoded twice (about 1.3-1.5x the compute of a step); the memory is one chunk's.
+The cost: every chunk is encoded twice (benchmarks/accumulation.py measures the time and memory); the memory is one chunk's.
 
 `grad_cache_backward` is the whole step up to `optimizer.step()` (step.train_step calls it when
 TrainConfig.accum_steps > 1). Under torchrun each process calls it on its share with a loss that gathers the
