@@ -105,6 +105,20 @@ def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrai
     return model.eval(), preprocess_for(32), history
 
 
+def recipe_config(recipe: dict, class_names: list[str], progress: bool) -> TrainConfig:
+    """The TrainConfig of a mini-CLIP recipe (fit_on_shapes and fit_on_scenes train with the same one)."""
+    return TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
+                       lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
+                       seed=recipe["seed"], amp=recipe["amp"], progress=progress)
+
+
+def single_shape_scores(model, val_loader, held_out, class_names: list[str], amp) -> dict:
+    """fine_tune's val_* scores on new images of the seen pairs and held_out_top1 on the held-out pairs (36-way)."""
+    classifier = build_classifier(model, class_names, SHAPES_TEMPLATES)
+    return {**validation_scores(model, val_loader, classifier, amp),
+            "held_out_top1": held_out_top1(model, held_out, class_names, SHAPES_TEMPLATES)}
+
+
 def fit_on_shapes(model, recipe: dict, progress: bool = True, on_epoch=None) -> pd.DataFrame:
     """Train `model` in place on the shapes of `recipe`, each image captioned afresh every epoch with what it shows
     (shape_captions.captions_for; captions of equal meaning share a positive), batches keeping pairs of images of
@@ -123,15 +137,11 @@ def fit_on_shapes(model, recipe: dict, progress: bool = True, on_epoch=None) -> 
     val, held_out = (rendered(ShapesDataset(split, n_per_class=n_val, seed=recipe["seed"] + 100, transform=preprocess))
                      for split in ("train", "heldout"))
     class_names = train.classes
-    config = TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
-                         lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
-                         seed=recipe["seed"], amp=recipe["amp"], progress=progress)
+    config = recipe_config(recipe, class_names, progress)
     val_loader = val_loader_for(val, recipe["batch_size"], recipe["seed"])
 
     def epoch_scores(model):
-        classifier = build_classifier(model, class_names, SHAPES_TEMPLATES)
-        return {**validation_scores(model, val_loader, classifier, recipe["amp"]),
-                "held_out_top1": held_out_top1(model, held_out, class_names, SHAPES_TEMPLATES)}
+        return single_shape_scores(model, val_loader, held_out, class_names, recipe["amp"])
     return fit_scenes(model, images, items, config, recipe["batch_size"], epoch_scores,
                       captions=shape_captions.captions_for, on_epoch=on_epoch)
 
@@ -145,16 +155,12 @@ def fit_on_scenes(model, recipe: dict, progress: bool = True, on_epoch=None) -> 
     val, held_out = (rendered(ShapesDataset(split, n_per_class=recipe["n_val_per_class"], seed=recipe["seed"] + 1,
                                             transform=preprocess)) for split in ("train", "heldout"))
     class_names = ShapesDataset("all", n_per_class=1).classes
-    config = TrainConfig(class_names=class_names, templates=SHAPES_TEMPLATES, num_epochs=recipe["num_epochs"],
-                         lr=recipe["lr"], weight_decay=recipe["weight_decay"], warmup_fraction=recipe["warmup_fraction"],
-                         seed=recipe["seed"], amp=recipe["amp"], progress=progress)
+    config = recipe_config(recipe, class_names, progress)
     val_loader = val_loader_for(val, recipe["batch_size"], recipe["seed"])
 
     def epoch_scores(model):
-        classifier = build_classifier(model, class_names, SHAPES_TEMPLATES)
         scene = scene_scores(model, *splits["val"], seed=recipe["seed"], batch_size=recipe["batch_size"])
-        return {**validation_scores(model, val_loader, classifier, recipe["amp"]),
-                "held_out_top1": held_out_top1(model, held_out, class_names, SHAPES_TEMPLATES),
+        return {**single_shape_scores(model, val_loader, held_out, class_names, recipe["amp"]),
                 "scene_loss": scene["scene_loss"], "scene_inbatch_top1": scene["inbatch_top1"]}
     return fit_scenes(model, *splits["train"], config, recipe["batch_size"], epoch_scores, on_epoch=on_epoch)
 
