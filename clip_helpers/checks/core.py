@@ -109,6 +109,11 @@ def as_tensor(value) -> torch.Tensor | None:
         return None
 
 
+def first_mismatch(outputs, expected) -> int | None:
+    """The index of the first output not close to its expected value; None when every one is."""
+    return next((i for i, (output, want) in enumerate(zip(outputs, expected)) if not close(output, want)), None)
+
+
 def close(actual, expected, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
     """Same shape and values (nan counts as equal to nan)."""
     actual, expected = as_tensor(actual), as_tensor(expected)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from .. import siglip
 from ..training.accumulation import chunk_slices
 from ..losses import clip_loss
-from .core import as_tensor, call, close, fail, fail_on_known_mistake, passed
+from .core import as_tensor, call, fail, first_mismatch, fail_on_known_mistake, passed
 
 
 def feature_cases() -> list:
@@ -75,10 +75,10 @@ def check_sigmoid_loss(sigmoid_loss) -> None:
                            "can learn it.")
         outputs.append(as_tensor(output).reshape(()))
     expected = [siglip.siglip_loss(*case) for case in cases]
-    if all(close(output, want) for output, want in zip(outputs, expected)):
+    wrong = first_mismatch(outputs, expected)
+    if wrong is None:
         return passed(exercise)
     fail_on_known_mistake(exercise, outputs, cases, SIGMOID_MISTAKES, sigmoid_variant)
-    wrong = next(i for i, (output, want) in enumerate(zip(outputs, expected)) if not close(output, want))
     fail(exercise, f"on a batch of {len(cases[wrong][0])} pairs (logit_scale {cases[wrong][2].item():g}, bias "
                    f"{cases[wrong][3].item():g}) you return {outputs[wrong].item():.5g}, the reference "
                    f"{expected[wrong].item():.5g}. Follow the formula: -(1/n) sum_ij log sigmoid(z_ij (t cos_ij + b)).")
@@ -132,10 +132,10 @@ def check_naive_accumulated_loss(naive_loss) -> None:
             fail(exercise, "return one number: the mean of the chunks' clip_loss values, as a torch scalar.")
         outputs.append(output.reshape(()))
     expected = [naive_accumulated_loss(*case) for case in cases]
-    if all(close(output, want) for output, want in zip(outputs, expected)):
+    wrong = first_mismatch(outputs, expected)
+    if wrong is None:
         return passed(exercise)
     fail_on_known_mistake(exercise, outputs, cases, ACCUMULATION_MISTAKES, accumulation_variant)
-    wrong = next(i for i, (output, want) in enumerate(zip(outputs, expected)) if not close(output, want))
     n, chunks = len(cases[wrong][0]), cases[wrong][3]
     fail(exercise, f"a batch of {n} pairs in {chunks} chunks: you return {outputs[wrong].item():.5g}, the reference "
                    f"{expected[wrong].item():.5g}. Each chunk of {n // chunks} pairs gets clip_loss on its own "

@@ -2,7 +2,7 @@
 import torch
 
 from .. import geometry
-from .core import as_tensor, call, close, fail, fail_on_known_mistake, passed
+from .core import as_tensor, call, close, fail, first_mismatch, fail_on_known_mistake, passed
 
 
 def gap_cases() -> list:
@@ -56,10 +56,10 @@ def check_modality_gap(modality_gap) -> None:
             fail(exercise, "return one number: the distance between the two modalities' mean unit vectors.")
         outputs.append(output.reshape(()))
     expected = [geometry.modality_gap(*case) for case in cases]
-    if all(close(output, want) for output, want in zip(outputs, expected)):
+    wrong = first_mismatch(outputs, expected)
+    if wrong is None:
         return passed(exercise)
     fail_on_known_mistake(exercise, outputs, cases, GAP_MISTAKES, gap_variant)
-    wrong = next(i for i, (output, want) in enumerate(zip(outputs, expected)) if not close(output, want))
     fail(exercise, f"for {len(cases[wrong][0])} images and {len(cases[wrong][1])} texts you return "
                    f"{outputs[wrong].item():.5g}, the reference {expected[wrong]:.5g}. Normalise every row, take each "
                    f"modality's mean, and return the length of the difference of the two means.")
