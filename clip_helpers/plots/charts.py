@@ -159,7 +159,7 @@ def training_curves(history, title="Fine-tuning: loss and validation accuracy pe
             if column in epochs and epochs[column].notna().any() and binds(column, epochs[column].dropna()):
                 ax.plot(epochs["epoch"], epochs[column], style, label=label)
     loss_ax.set(xlabel="epoch", ylabel="contrastive loss", title="loss")
-    loss_ax.legend(fontsize="small")
+    loss_ax.legend(loc="upper right", fontsize="small")  # a loss falls: its first epochs sit left
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy", ylim=(0, 102))
     acc_ax.legend(loc="best", fontsize="small")
     for ax in (loss_ax, acc_ax):
