@@ -17,7 +17,8 @@ import torch
 
 from . import plots
 from .profiles import Profile, describe, get_profile
-from .training.recipes import load_model
+from .models import load_clip
+from .training.recipes import RECIPES, early_checkpoint_path, load_model
 from .sources import TestSets, zero_shot_test_sets
 
 
@@ -138,6 +139,16 @@ class Lesson:
         print(f"{model_name} on {model.positional_embedding.device}: image tower {type(model.visual).__name__}, "
               f"{sum(p.numel() for p in model.parameters()):,} parameters")
         return model, preprocess
+
+    def load_early_model(self):
+        """The profile's mini-CLIP after its first training epoch (kept beside the final weights), in eval mode, to
+        compare with the trained one; None for a pretrained profile or a cache without one. Call load_model() first
+        (training keeps both)."""
+        path = early_checkpoint_path(RECIPES[self.profile.mini_recipe], self.data_dir / "weights")
+        if self.profile.pretrained or not path.is_file():
+            return None
+        model, _ = load_clip(str(path))
+        return model.eval()
 
     def zero_shot_test_sets(self, preprocess) -> TestSets:
         """(datasets, class_names, templates): the profile's zero-shot test images, the same ones in every notebook

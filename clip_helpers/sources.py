@@ -125,3 +125,20 @@ def examples(source: str, n: int, data_dir="data", seed: int = 0) -> tuple[list,
     picks = [int(np.flatnonzero(labels == label)[0]) for label in wanted]
     images, labels = zip(*(opened.dataset[i] for i in picks))
     return list(images), list(labels), opened.class_names
+
+
+def shared_word_examples(colours: list[str], shapes: list[str], seed: int = 0) -> tuple[list, list[int], list[str]]:
+    """(images, labels, class_names): one new drawing of each (colour, shape) of the grid colours x shapes, row by
+    row, labels indexing the 36 shapes classes. Every caption then shares a word with some of the others (its colour
+    or its shape) and differs from them by one word: the hard case of matching, unlike `examples`' pairs, which mostly
+    share nothing. Each drawing is the world's first of its pair with `seed` (open_source's "test" images with
+    n_per_class=1): its size, clutter and distractor come as the world draws them, not chosen."""
+    dataset = ShapesDataset("all", n_per_class=1, seed=seed)
+    names = [f"{colour} {shape}" for colour in colours for shape in shapes]
+    unknown = [name for name in names if name not in dataset.classes]
+    if unknown or len(set(names)) < len(names):
+        raise ValueError(f"{unknown or names} are not distinct shapes classes (colour shape): colours from "
+                         f"{sorted({name.split()[0] for name in dataset.classes})}, shapes from "
+                         f"{sorted({name.split()[1] for name in dataset.classes})}")
+    labels = [dataset.classes.index(name) for name in names]
+    return [dataset[label][0] for label in labels], labels, list(dataset.classes)

@@ -139,7 +139,8 @@ def training_curves(history, title="Fine-tuning: loss and validation accuracy pe
     """Fig 10's two panels from a history DataFrame: loss vs epoch, validation accuracy vs epoch.
 
     Uses whichever of train_loss / train_loss_floor / val_loss / val_loss_floor and val_top1 / val_inbatch_acc /
-    val_inbatch_max / held_out_top1 the history has. A bound (dashed or dotted: what a batch's same-class images
+    val_inbatch_max / held_out_top1 / report_inbatch_acc / report_inbatch_max (evaluation.report_inbatch_scores) the
+    history has. A bound (dashed or dotted: what a batch's same-class images
     allow, see losses.loss_floor) is drawn only where it binds: a floor above 0, a ceiling below 100%.
     """
     epochs = per_epoch(history)
@@ -148,17 +149,19 @@ def training_curves(history, title="Fine-tuning: loss and validation accuracy pe
                                   ("train_loss_floor", "floor of the training loss (same-class images per batch)", "C0--"),
                                   ("val_loss", "validation loss", "o-"),
                                   ("val_loss_floor", "floor of the validation loss (same-class images per batch)", "C1--"))),
-                       (acc_ax, (("val_top1", "zero-shot top-1 over all classes (kit)", "o-"),
-                                 ("val_inbatch_acc", "in-batch matching (report's evaluateModel)", "o-"),
-                                 ("held_out_top1", "zero-shot top-1 on held-out pairs", "o-"),
-                                 ("val_inbatch_max", "ceiling of in-batch matching (same-class images)", "C1:")))):
+                       (acc_ax, (("val_top1", "zero-shot top-1 over all classes (kit)", "C0o-"),
+                                 ("val_inbatch_acc", "in-batch matching (report's evaluateModel), kit's batches", "C1x--"),
+                                 ("held_out_top1", "zero-shot top-1 on held-out pairs", "C2o-"),
+                                 ("val_inbatch_max", "ceiling of in-batch matching (same-class images)", "C1:"),
+                                 ("report_inbatch_acc", "in-batch matching, the report's batches", "C3s-"),
+                                 ("report_inbatch_max", "ceiling on the report's batches (repeated classes)", "C3:")))):
         for column, label, style in curves:
             if column in epochs and epochs[column].notna().any() and binds(column, epochs[column].dropna()):
                 ax.plot(epochs["epoch"], epochs[column], style, label=label)
     loss_ax.set(xlabel="epoch", ylabel="contrastive loss", title="loss")
-    loss_ax.legend()
+    loss_ax.legend(loc="upper right", fontsize="small")  # a loss falls: its first epochs sit left
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy", ylim=(0, 102))
-    acc_ax.legend(loc="best")
+    acc_ax.legend(loc="best", fontsize="small")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

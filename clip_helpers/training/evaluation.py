@@ -1,11 +1,14 @@
 """Validation during fine-tuning: zero-shot top-1 on held-back images, the loss, and the report's in-batch score."""
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from ..device import amp_context
 from ..losses import clip_loss, inbatch_ceiling, loss_floor
 from ..quantize import first_images, int8_image_tower
 from ..siglip import siglip_loss
-from ..zeroshot import scores
+from ..zeroshot import build_classifier, scores
+
+REPORT_BATCH_SIZE = 8  # the report's batch size (replication.report.splitTrainValidation)
 
 
 def inbatch_accuracy(logits_per_image: torch.Tensor) -> float:
@@ -65,3 +68,25 @@ def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | No
     return {"val_loss": total_loss / len(labels), "val_loss_floor": floor,
             "val_top1": scores(torch.cat(all_features), labels, classifier.cpu())["top1"],
             "val_inbatch_acc": 100 * inbatch_right / len(labels), "val_inbatch_max": 100 * inbatch_max / len(labels)}
+
+
+def report_val_loader(dataset, batch_size: int = REPORT_BATCH_SIZE, seed: int = 0) -> DataLoader:
+    """The report's validation batches: the images shuffled once (the report shuffles its list before slicing it),
+    then read in order (its DataLoader has shuffle=False) in batches of 8. A batch holds 8 of the classes, and
+    classes repeat in it by chance (with 36 classes, most batches of 8 hold a repeat)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    return DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False)
+
+
+def report_inbatch_scores(dataset, class_names: list[str], templates: list[str], batch_size: int = REPORT_BATCH_SIZE,
+                          seed: int = 0, amp: str | None = "auto"):
+    """A function of the model for fine_tune's extra_scores: the report's in-batch score on the report's batches
+    (report_val_loader), report_inbatch_acc (%), and report_inbatch_max (%), its ceiling on those batches (a class
+    repeated in a batch shares one caption, losses.inbatch_ceiling)."""
+    loader = report_val_loader(dataset, batch_size, seed)
+
+    def report_scores(model) -> dict[str, float]:
+        classifier = build_classifier(model.eval(), class_names, templates)
+        scored = validation_scores(model, loader, classifier, amp)
+        return {"report_inbatch_acc": scored["val_inbatch_acc"], "report_inbatch_max": scored["val_inbatch_max"]}
+    return report_scores
