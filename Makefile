@@ -58,7 +58,7 @@ rehearse: setup
 	$(PY) -m clip_helpers.replication.rehearsal --root $(REHEARSAL_DATA) --fresh
 	$(PY) tools/run_notebooks.py --rehearsal --profile quick --data-dir $(REHEARSAL_DATA) --out $(REHEARSAL_OUT)/quick
 	$(PY) tools/run_notebooks.py --rehearsal --profile full:train_per_class=1,val_per_class=1,test_per_class=30,num_epochs=1 \
-		--data-dir $(REHEARSAL_DATA) --out $(REHEARSAL_OUT)/full --only 01 --only 04 --only 05 --only 07
+		--data-dir $(REHEARSAL_DATA) --out $(REHEARSAL_OUT)/full --only 01 --only 04 --only 05 --only 07 --only 11
 	$(PY) -m clip_helpers.replication.reproduce --rehearsal --data-dir $(REHEARSAL_DATA) --out-dir $(REHEARSAL_OUT) \
 		--epochs 1 --train-size 64 --val-size 32
 

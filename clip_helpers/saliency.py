@@ -88,9 +88,16 @@ def random_map_scores(box, image_size: int, grid: int) -> tuple[float, float]:
     return float(weights.mean()), float(inside.float().mean())
 
 
-def recognised(model, pixels: torch.Tensor, objects, class_names: list[str], template: str = "a {}.") -> list[bool]:
+def class_text_features(model, class_names: list[str], template: str = "a {}.") -> torch.Tensor:
+    with torch.no_grad():
+        return encode_texts(model, [fill(template, name) for name in class_names]).float()
+
+
+def recognised(model, pixels: torch.Tensor, objects, class_names: list[str], template: str = "a {}.",
+               text_features: torch.Tensor | None = None) -> list[bool]:
     """Per object of one scene: does its caption score above the caption of every class absent from the scene?
-    (The model's prediction for that object is right: no absent colour/shape pair beats it.)"""
+    (The model's prediction for that object is right: no absent colour/shape pair beats it.) text_features:
+    class_text_features(model, class_names, template), when the caller has them already."""
     present = [f"{colour} {shape}" for colour, shape, _ in objects]
     unknown = [name for name in present if name not in class_names]
     if unknown:
@@ -98,7 +105,8 @@ def recognised(model, pixels: torch.Tensor, objects, class_names: list[str], tem
     weight = check_vit(model).conv1.weight
     with torch.no_grad():
         image_features = model.encode_image(pixels[None].to(weight.device, weight.dtype)).float()
-        text_features = encode_texts(model, [fill(template, name) for name in class_names]).float()
+        if text_features is None:
+            text_features = class_text_features(model, class_names, template)
         similarities = (normalize(image_features) @ normalize(text_features).T)[0].cpu()
     absent = torch.tensor([name not in present for name in class_names])
     best_absent = similarities[absent].max() if absent.any() else torch.tensor(float("-inf"))
@@ -111,13 +119,16 @@ def object_scores(model, scenes, preprocess, class_names: list[str] | None = Non
     model recognised it (`recognised`). An object whose map has no positive patch (patch_saliency refuses to
     normalise it) gets has_map False and no scores: it is counted, not scored."""
     resolution = check_vit(model).input_resolution
+    # The captions are the same for every scene: encode them once, not once per scene.
+    text_features = class_text_features(model, class_names, template) if class_names is not None else None
     rows = []
     for index, (image, objects) in enumerate(scenes):
         if image.size[0] != image.size[1]:
             raise ValueError(f"scenes must be square (clip's transform crops the centre), got {image.size}")
         scale = resolution / image.size[0]
         pixels = preprocess(image)
-        right = recognised(model, pixels, objects, class_names, template) if class_names is not None else [None] * len(objects)
+        right = (recognised(model, pixels, objects, class_names, template, text_features) if class_names is not None
+                 else [None] * len(objects))
         for (colour, shape, box), is_right in zip(objects, right):
             box = [v * scale for v in box]
             row = {"scene": index, "object": f"{colour} {shape}", "recognised": is_right, "has_map": True,

@@ -1,6 +1,6 @@
 """The sigmoid loss against its formula written out pair by pair, with and without same-class positives, and
 its global-batch form: shards' blocks add up to the whole, and two gloo processes give the single-process
-loss and gradients."""
+loss and gradients. A SigLIP run's validation loss is that formula too, with its learned bias, and no floor."""
 import math
 import os
 import socket
@@ -9,8 +9,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
-from clip_helpers.training import distributed
+from clip_helpers.training import distributed, evaluation, loop
+from clip_helpers.training.batches import train_loader_for
+from clip_helpers.training.config import RunFolder, TrainConfig
+from clip_helpers.zeroshot import build_classifier
 from clip_helpers.training.gathering import distributed_siglip_loss
 from clip_helpers.models import build_random_clip
 from clip_helpers.siglip import SIGLIP_BIAS, SigmoidLoss, pair_signs, siglip_loss, use_siglip_temperature
@@ -87,6 +91,50 @@ def test_the_module_starts_where_the_paper_does_and_trains_its_bias():
     assert loss.bias.grad is not None and model.logit_scale.grad is not None
     with pytest.raises(ValueError, match="finite number > 0"):
         use_siglip_temperature(model, 0.0)
+
+
+def validation_by_hand(model, data, classifier, t, b, batch_size):
+    """The mean over images of by_hand's loss, batch by batch: the validation loss of a SigLIP run."""
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            images, labels = data[start:start + batch_size]
+            image_features = model.encode_image(images).double()
+            total += by_hand(image_features, classifier[labels].double(), t, b, labels) * len(labels)
+    return total / len(data)
+
+
+def test_validation_scores_give_the_sigmoid_loss_with_the_learned_bias():
+    model, loss = build_random_clip("mini", seed=1), SigmoidLoss(bias=-3.0)
+    use_siglip_temperature(model, 7.0)
+    generator = torch.Generator().manual_seed(4)
+    data = TensorDataset(torch.randn(10, 3, 32, 32, generator=generator), torch.tensor([0, 0, 1, 2, 1, 3, 3, 3, 0, 2]))
+    classifier = F.normalize(torch.randn(4, model.visual.output_dim, generator=generator), dim=-1)
+    loader = DataLoader(data, batch_size=4)
+    scores = evaluation.validation_scores(model, loader, classifier, amp=None, sigmoid_loss=loss)
+    expected = validation_by_hand(model, data, classifier, 7.0, -3.0, 4)
+    assert scores["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert math.isnan(scores["val_loss_floor"])  # the duplicate-caption floor bounds the softmax loss only
+    clip_scores = evaluation.validation_scores(model, loader, classifier, amp=None)
+    assert clip_scores["val_loss"] != pytest.approx(expected, rel=1e-2) and clip_scores["val_loss_floor"] > 0
+    assert clip_scores["val_top1"] == scores["val_top1"]  # only the loss changes
+
+
+def test_a_siglip_run_validates_with_its_own_loss_and_saves_its_missing_floors(tmp_path):
+    names, templates = ["red circle", "blue square", "green star", "yellow heart"], ["a {}."]
+    data = TensorDataset(torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+                         torch.tensor([0, 1, 2, 0, 1, 3, 0, 2]))
+    model = build_random_clip("mini-vit", seed=0)
+    config = TrainConfig(class_names=names, templates=templates, num_epochs=1, lr=1e-3, amp=None, progress=False,
+                         loss="siglip")
+    history = loop.fine_tune(model, train_loader_for(data, 8), DataLoader(data, batch_size=4), config,
+                             RunFolder(str(tmp_path / "run")))
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)  # NaN floors do not block the save
+    bias, t = saved["loss"]["bias"].item(), model.logit_scale.exp().item()
+    assert bias != SIGLIP_BIAS
+    expected = validation_by_hand(model.eval(), data, build_classifier(model, names, templates), t, bias, 4)
+    assert history["val_loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert history[["train_loss_floor", "val_loss_floor"]].isna().all(axis=None)
 
 
 def free_port():

@@ -56,8 +56,15 @@ def non_finite(model, optimizer, row):
     for index, state in optimizer.state_dict()["state"].items():
         found += [f"optimizer state {index}.{key}" for key, value in state.items()
                   if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
-    found += [f"{key} = {value}" for key, value in row.items() if isinstance(value, float) and not math.isfinite(value)]
+    found += [f"{key} = {value}" for key, value in row.items() if bad_metric(key, value)]
     return found
+
+
+def bad_metric(key, value) -> bool:
+    """A NaN/inf metric of the epoch, except a floor recorded as missing (NaN): floors are computed from the batches'
+    labels, never from the model, and are NaN where they bound nothing (SigLIP's loss, loop.train_epoch)."""
+    missing_floor = key.endswith("_floor") and isinstance(value, float) and math.isnan(value)
+    return isinstance(value, float) and not math.isfinite(value) and not missing_floor
 
 
 def save_checkpoint(run_dir, epoch, state, history, config=None):
@@ -107,7 +114,7 @@ def last_checkpoint_message(run_dir):
     if state is None:
         return f"No epoch finished, so {run_dir} holds no checkpoint."
     weights_ok = all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
-    metrics_ok = all(math.isfinite(v) for v in state["history"][-1].values() if isinstance(v, float))
+    metrics_ok = not any(bad_metric(key, value) for key, value in state["history"][-1].items())
     if not (weights_ok and metrics_ok):
         return (f"The checkpoint in {run_dir} (epoch {state['epoch']}) holds NaN/inf values (written by an older "
                 f"version of the kit): do not use it; start a new run.")

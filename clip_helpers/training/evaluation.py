@@ -5,6 +5,7 @@ from torch.utils.data import DataLoader, Subset
 from ..device import amp_context
 from ..losses import clip_loss, inbatch_ceiling, loss_floor
 from ..quantize import first_images, int8_image_tower
+from ..siglip import siglip_loss
 from ..zeroshot import build_classifier, scores
 
 REPORT_BATCH_SIZE = 8  # the report's batch size (replication.report.splitTrainValidation)
@@ -26,11 +27,15 @@ def inbatch_accuracy(logits_per_image: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | None = "auto",
-                      int8: bool = False) -> dict[str, float]:
+                      int8: bool = False, sigmoid_loss=None) -> dict[str, float]:
     """val_loss, val_top1 (zero-shot, %) and val_inbatch_acc (the report's metric, %) over `val_loader`,
     with what the batches allow: val_loss_floor (losses.loss_floor, averaged over images) and val_inbatch_max
     (%, losses.inbatch_ceiling). Images of one class in a batch share one caption, so the loss cannot reach 0
     nor the in-batch score 100%; batches.val_loader_for's batches hold distinct classes (floor 0, ceiling 100%).
+
+    sigmoid_loss: a run trained with SigLIP's loss (siglip.SigmoidLoss) is validated with it: val_loss is the
+    sigmoid loss with the model's temperature and that module's learned bias (same-class pairs positive), so
+    it compares with train_loss. loss_floor is a bound on the softmax loss only, so val_loss_floor is then NaN.
 
     The class prompts were encoded once into `classifier`; row c also serves as the caption of class c.
     int8=True encodes the images with clip_helpers.quantize.int8_image_tower(model), made once here and
@@ -47,7 +52,11 @@ def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | No
             image_features = model.encode_image(images.to(device)).float()
         labels = labels.to(device)
         text_features = classifier[labels]
-        total_loss += clip_loss(image_features, text_features, logit_scale, labels).item() * len(labels)
+        # The plain function, not the module: under torchrun every process validates the same batches, and the
+        # module would gather them from all processes (each pair counted world_size times).
+        loss = (clip_loss(image_features, text_features, logit_scale, labels) if sigmoid_loss is None else
+                siglip_loss(image_features, text_features, logit_scale, sigmoid_loss.bias.float(), labels))
+        total_loss += loss.item() * len(labels)
         logits = logit_scale * (image_features / image_features.norm(dim=-1, keepdim=True)) @ text_features.T
         inbatch_right += inbatch_accuracy(logits)
         total_floor += loss_floor(labels) * len(labels)
@@ -55,7 +64,8 @@ def validation_scores(model, val_loader, classifier: torch.Tensor, amp: str | No
         all_features.append(image_features.cpu())
         all_labels.append(labels.cpu())
     labels = torch.cat(all_labels)
-    return {"val_loss": total_loss / len(labels), "val_loss_floor": total_floor / len(labels),
+    floor = total_floor / len(labels) if sigmoid_loss is None else float("nan")
+    return {"val_loss": total_loss / len(labels), "val_loss_floor": floor,
             "val_top1": scores(torch.cat(all_features), labels, classifier.cpu())["top1"],
             "val_inbatch_acc": 100 * inbatch_right / len(labels), "val_inbatch_max": 100 * inbatch_max / len(labels)}
 

@@ -61,7 +61,8 @@ def fine_tune(model, train_loader, val_loader, config: TrainConfig, run_folder: 
     """Train `model` in place on batches of (images, labels); returns the history, one row per epoch.
 
     Columns: epoch, step, train_loss, train_loss_floor (the least train_loss its batches' same-class images
-    allow), val_loss, val_loss_floor (the same for the validation batches: 0 for batches.val_loader_for's),
+    allow; NaN under SigLIP's loss, which it does not bound), val_loss (the loss the run trains with),
+    val_loss_floor (the same for the validation batches: 0 for batches.val_loader_for's; NaN under SigLIP's),
     val_top1 (zero-shot %), val_inbatch_acc (the report's metric, %), val_inbatch_max (its ceiling on these
     batches, %), lr (of the epoch's last step), seconds (wall time of the epoch, evaluation
     included), then the columns extra_scores(model) returns after each epoch (e.g. held-out pairs' top-1).
@@ -78,7 +79,8 @@ def fine_tune(model, train_loader, val_loader, config: TrainConfig, run_folder: 
     config.accum_steps K > 1: each step's batch is encoded in K chunks (GradCache, training.accumulation), for the
     memory of one chunk and the update of the whole batch; under torchrun, N processes x K chunks, the loss over
     the features of all N x K. config.loss "siglip": SigLIP's sigmoid loss, its bias trained and checkpointed
-    with the model and the temperature started at 10; the validation loss stays CLIP's (comparable across runs).
+    with the model and the temperature started at 10; the validation loss is then SigLIP's too, with the learned
+    bias (comparable with train_loss, not with a CLIP-loss run's val_loss).
 
     Before any work it refuses loaders that cannot train (batches.check_loaders) and captions longer than the
     model's context (settings.check_captions). SIGTERM (`timeout`, a scheduler) stops it as Ctrl-C does: it
@@ -177,7 +179,7 @@ def validated(state, processes, val_loader, config, extra_scores, epoch, run_dir
     model = state.model.eval()
     try:
         classifier = build_classifier(model, config.class_names, config.eval_templates or config.templates)
-        return {**validation_scores(model, val_loader, classifier, config.amp, config.int8_eval),
+        return {**validation_scores(model, val_loader, classifier, config.amp, config.int8_eval, state.loss),
                 **(extra_scores(model) if extra_scores else {})}
     except FloatingPointError as error:  # NonFiniteError from the scores: the model's features are NaN/inf
         raise FloatingPointError(f"Stopped: epoch {epoch} was not saved: validating it, {error} "
@@ -189,8 +191,9 @@ def train_epoch(state, forward, processes, train_loader, config, epoch, run_dir=
     """(mean training loss, its floor, lr of the last step) of one epoch; `forward`: see step.train_step.
 
     The floor is the mean over the epoch's batches of losses.loss_floor(batch labels): shuffled training batches
-    hold several images of a class, whose targets the multi-positive loss shares, so it cannot reach 0. The
-    sigmoid loss has no such floor (same-class pairs are all positives, each its own binary decision): 0.
+    hold several images of a class, whose targets the multi-positive loss shares, so it cannot reach 0. That
+    bound is the softmax loss's; the sigmoid loss (same-class pairs all positives, each its own binary decision)
+    is not bounded by it, so its floor is recorded as missing (NaN), not as a bound of 0.
     config.accum_steps > 1 computes each step in chunks (accumulation.in_chunks): the same update, less memory.
     """
     reseed_sampler(train_loader, config.seed, epoch)
@@ -217,7 +220,7 @@ def train_epoch(state, forward, processes, train_loader, config, epoch, run_dir=
                 f"{saved_message(run_dir, processes)} Try a lower lr or amp=None (fp32).") from None
         state.scheduler.step()
         losses.append(loss)
-        floors.append(0.0 if state.loss is not None else loss_floor(batch_labels))
+        floors.append(float("nan") if state.loss is not None else loss_floor(batch_labels))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
     bar.close()

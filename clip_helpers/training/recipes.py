@@ -14,7 +14,7 @@ from .batches import train_loader_for, val_loader_for
 from ..data import random_subset, split
 from ..device import get_device
 from .evaluation import validation_scores
-from ..files import save_atomically
+from ..files import save_atomically, write_text_atomically
 from ..models import build_random_clip, load_clip, preprocess_for
 from .config import FineTuneData, RunFolder, TrainConfig
 from .processes import processes_from_env
@@ -101,7 +101,7 @@ def train_mini_clip(recipe: dict | None = None, cache_dir="data/weights", retrai
     path.parent.mkdir(parents=True, exist_ok=True)
     save_atomically(early["state"], early_checkpoint_path(recipe, cache_dir))  # before the final one, so a final
     save_atomically(model.state_dict(), path)  # file always has its early one beside it
-    history.to_csv(history_path, index=False)
+    write_text_atomically(history_path, history.to_csv(index=False))
     return model.eval(), preprocess_for(32), history
 
 
