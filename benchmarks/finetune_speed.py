@@ -246,13 +246,26 @@ def speed_comparison(args):
     print_evaluation(evaluation)
     result = result_figures(args, settings, training, ceilings, evaluation, templates)
     if not args.no_profile:
-        images, labels = batches[0]
-        texts = bare_captions(labels.tolist())
-        result["step_profile"] = profile_step.step_profiles(
-            lambda amp: kit_step_for(base, device, images, labels, texts, amp)[2], device)
-        for name, profile_ in result["step_profile"].items():
-            print(profile_step.summary_line(name, profile_))
+        result |= step_profiles(base, batches[0], device)
     return result
+
+
+def step_profiles(base, batch, device):
+    """{"step_profile": {"fp32": breakdown, "bf16": breakdown}} of the kit's steps (benchmarks/profile_step.py),
+    printed. bf16 only where it is hardware, as in the timings: emulated, its profile takes minutes and describes
+    the emulation; there "step_profile_skipped" says why."""
+    images, labels = batch
+    texts = bare_captions(labels.tolist())
+    amps = list(kit_precisions(device).values())
+    profiles = profile_step.step_profiles(lambda amp: kit_step_for(base, device, images, labels, texts, amp)[2],
+                                          device, amps)
+    for name, profile_ in profiles.items():
+        print(profile_step.summary_line(name, profile_))
+    if "bfloat16" in amps:
+        return {"step_profile": profiles}
+    skipped = {"bf16": f"{device} has no bf16 hardware: torch would emulate it, slower than fp32"}
+    print(f"profile     kit bf16 step skipped: {skipped['bf16']}")
+    return {"step_profile": profiles, "step_profile_skipped": skipped}
 
 
 def main(argv=None):

@@ -59,35 +59,52 @@ def breakdown(fn, device="cpu", warmup=1, top=8) -> dict:
         fn()
     on_cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    with profile(activities=activities) as profiler:
+    with profile(activities=activities, with_flops=True) as profiler:
         start = time.perf_counter()
         fn()
         if on_cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - start
-    events = [(event.key, self_seconds(event, on_cuda)) for event in profiler.key_averages()]
+    averages = profiler.key_averages()
+    events = [(event.key, self_seconds(event, on_cuda)) for event in averages]
     total = sum(seconds for _, seconds in events) or 1e-12
     shares = {group: 0.0 for group, _ in CATEGORIES} | {OTHER: 0.0}
     for name, seconds in events:
         shares[category(name)] += seconds / total
     ranked = sorted(events, key=lambda event: -event[1])[:top]
     return {"wall_seconds": round(wall, 4), "profiled_seconds": round(total, 4),
+            "matmul_gflop_per_s": round(matmul_rate(averages, on_cuda), 1),
             "shares": {group: round(share, 4) for group, share in shares.items()},
             "top_ops": [{"op": name, "category": category(name), "share": round(seconds / total, 4)}
                         for name, seconds in ranked]}
 
 
+# The products whose FLOPs the profiler counts on the operator that does the work (a convolution's are counted on
+# aten::conv2d, its time spent in a callee, and its backward's not at all).
+RATED_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_rate(averages, on_cuda: bool) -> float:
+    """GFLOP/s of the matrix products within the profiled call (the profiler's FLOP count over their own time): the
+    rate the ceiling's probe stands for, measured on the model's own shapes."""
+    products = [event for event in averages if event.key in RATED_PRODUCTS]
+    seconds = sum(self_seconds(event, on_cuda) for event in products)
+    return sum(event.flops for event in products) / 1e9 / seconds if seconds else 0.0
+
+
 def step_profiles(make_step, device, precisions=(None, "bfloat16"), warmup=1) -> dict:
     """{"fp32": breakdown, "bf16": breakdown} of the training steps make_step(amp) returns (amp None: fp32).
 
-    bf16 is profiled wherever asked, also on a CPU without bf16 hardware, where torch emulates it: there its
-    shares say what emulation costs, not what a bf16 machine would show."""
+    bf16 is profiled wherever asked (this file's command line always asks; finetune_speed only where bf16 is
+    hardware), also on a CPU without bf16 hardware, where torch emulates it: there its shares say what emulation
+    costs, not what a bf16 machine would show."""
     return {"bf16" if amp == "bfloat16" else "fp32": breakdown(make_step(amp), device, warmup) for amp in precisions}
 
 
 def summary_line(name: str, profile_: dict) -> str:
     shares = ", ".join(f"{group} {share:.0%}" for group, share in profile_["shares"].items())
-    return f"profile     kit {name} step ({profile_['wall_seconds']:.2f} s profiled): {shares}"
+    return (f"profile     kit {name} step ({profile_['wall_seconds']:.2f} s profiled): {shares}; matrix products "
+            f"at {profile_['matmul_gflop_per_s']:.0f} GFLOP/s")
 
 
 def main(argv=None):

@@ -63,11 +63,12 @@ def markdown(result: dict) -> str:
              "| figure | value |", "|---|---|"]
     lines += [f"| {name} | {form.format(result[key])} |" for name, key, form in KEY_FIGURES
               if result.get(key) is not None]
-    return "\n".join(lines + profile_table(result.get("step_profile"))) + "\n"
+    return "\n".join(lines + profile_table(result.get("step_profile"), result)) + "\n"
 
 
-def profile_table(step_profile) -> list[str]:
-    """Markdown lines: the share of each step's profiled time per kind of operator (benchmarks/profile_step.py)."""
+def profile_table(step_profile, result=None) -> list[str]:
+    """Markdown lines: the share of each step's profiled time per kind of operator (benchmarks/profile_step.py),
+    and the rate of its matrix products beside the probe's that the ceiling assumes (where `result` has it)."""
     if not step_profile:
         return []
     names = list(step_profile)
@@ -76,7 +77,15 @@ def profile_table(step_profile) -> list[str]:
              "| operators | " + " | ".join(f"{name} step" for name in names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {group} | " + " | ".join(f"{step_profile[name]['shares'][group]:.0%}" for name in names) + " |"
               for group in groups]
+    rates = [step_profile[name].get("matmul_gflop_per_s") for name in names]
+    probes = [(result or {}).get(PROBE_KEYS[name]) for name in names]
+    if None not in rates + probes:
+        lines.append("| matrix products' GFLOP/s in the step / the ceiling's probe | " +
+                     " | ".join(f"{rate:.0f} / {probe:.0f}" for rate, probe in zip(rates, probes)) + " |")
     return lines
+
+
+PROBE_KEYS = {"fp32": "matmul_gflop_per_s", "bf16": "bf16_matmul_gflop_per_s"}  # the probe of each profiled step
 
 
 def write_results(result: dict, out) -> tuple[Path, Path]:

@@ -43,10 +43,12 @@ def test_benchmark_json_on_a_tiny_vit(benchmark, capsys, tmp_path):
     # Timed beside fp32 only where bf16 is hardware; emulated bf16 is slower than fp32.
     assert (bf16_keys <= result.keys()) if cpu_has_bf16() else not (bf16_keys & result.keys())
     assert "kit_bf16_mfu" not in result  # model FLOPs utilisation is a GPU figure
-    assert set(result["step_profile"]) == {"fp32", "bf16"}
+    assert set(result["step_profile"]) == ({"fp32", "bf16"} if cpu_has_bf16() else {"fp32"})
+    assert ("step_profile_skipped" in result) != cpu_has_bf16()
     for profile in result["step_profile"].values():
         assert sum(profile["shares"].values()) == pytest.approx(1, abs=1e-3)
         assert profile["shares"]["matmul_and_conv"] > 0 and profile["shares"]["optimizer"] > 0
+        assert profile["matmul_gflop_per_s"] > 0
     assert "| matmul_and_conv |" in table
 
 
@@ -109,6 +111,29 @@ def test_a_profile_splits_a_calls_time_by_operator_group(profile_step):
     assert "aten::mm" in ops and ops & {"aten::_to_copy", "aten::copy_"}
 
 
+def test_a_profiles_matrix_product_rate_is_their_flops_over_their_time(profile_step):
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    profile = profile_step.breakdown(lambda: [a @ b for _ in range(4)], warmup=1)
+    seconds = profile["profiled_seconds"] * profile["shares"]["matmul_and_conv"]  # mm, and matmul's own moment
+    assert profile["matmul_gflop_per_s"] == pytest.approx(4 * 2 * 256 ** 3 / 1e9 / seconds, rel=0.05)
+
+
+@pytest.mark.parametrize("bf16_hardware", [True, False])
+def test_the_benchmark_profiles_bf16_only_where_it_is_hardware(benchmark, monkeypatch, capsys, bf16_hardware):
+    """Emulated bf16 is not timed, and not profiled either (minutes on an AVX2-only CPU); the results say so."""
+    monkeypatch.setattr(benchmark, "cpu_has_bf16", lambda: bf16_hardware)
+    profiled = []
+    monkeypatch.setattr(benchmark, "kit_step_for", lambda base, device, images, labels, texts, amp: (
+        None, None, lambda: profiled.append(amp)))
+    monkeypatch.setattr(benchmark.profile_step, "breakdown", lambda fn, device, warmup: fn() or {
+        "wall_seconds": 1.0, "shares": {"other": 1.0}, "matmul_gflop_per_s": 1.0})
+    result = benchmark.step_profiles(None, (torch.zeros(2, 3, 8, 8), torch.tensor([0, 1])), "cpu")
+    printed = capsys.readouterr().out
+    assert profiled == ([None, "bfloat16"] if bf16_hardware else [None])
+    assert set(result["step_profile"]) == ({"fp32", "bf16"} if bf16_hardware else {"fp32"})
+    assert ("bf16 step skipped" in printed) == ("step_profile_skipped" in result) == (not bf16_hardware)
+
+
 @pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H200", 989),
                                         ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA L40S", 362), ("NVIDIA L4", 121),
                                         ("Tesla T4", None)])
@@ -153,11 +178,14 @@ def test_results_file_holds_the_figures_and_a_table_of_the_key_ones(benchmark, t
 
 def test_results_file_has_a_row_per_operator_group_of_the_profile(benchmark, tmp_path):
     shares = {"matmul_and_conv": 0.5, "casts_and_copies": 0.25, "other": 0.25}
-    result = FAKE_RESULT | {"step_profile": {"fp32": {"shares": shares}, "bf16": {"shares": shares | {"other": 0.3}}}}
+    result = FAKE_RESULT | {"step_profile": {"fp32": {"shares": shares, "matmul_gflop_per_s": 170.4},
+                                             "bf16": {"shares": shares | {"other": 0.3}, "matmul_gflop_per_s": 350.0}},
+                            "matmul_gflop_per_s": 184.2, "bf16_matmul_gflop_per_s": 402.0}
     _, table_path = benchmark.results_file.write_results(result, tmp_path / "benchmark.json")
     table = table_path.read_text()
     assert "| operators | fp32 step | bf16 step |" in table
     assert "| matmul_and_conv | 50% | 50% |" in table and "| other | 25% | 30% |" in table
+    assert "| matrix products' GFLOP/s in the step / the ceiling's probe | 170 / 184 | 350 / 402 |" in table
 
 
 def test_results_file_must_be_json(benchmark, tmp_path):
