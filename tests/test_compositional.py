@@ -255,6 +255,22 @@ def test_train_seeds_caches_one_model_per_seed(tmp_path: Path):
     assert all(torch.equal(a, b) for a, b in zip(again[1].state_dict().values(), models[1].state_dict().values()))
 
 
+@pytest.mark.slow
+def test_seeds_trained_in_processes_equal_those_trained_here_on_one_thread(tmp_path: Path):
+    """train_seeds' processes (one thread each) must train what this process trains with one thread: the same
+    recipe, seed and cache file, only elsewhere."""
+    parallel = comp.train_seeds([0, 1], SMOKE_RECIPE, cache_dir=tmp_path / "parallel", processes=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = comp.train_seeds([0, 1], SMOKE_RECIPE, cache_dir=tmp_path / "here", processes=1)
+    finally:
+        torch.set_num_threads(threads)
+    for seed in (0, 1):
+        for name, tensor in here[seed].state_dict().items():
+            torch.testing.assert_close(parallel[seed].state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+
+
 def test_course_seeds_start_with_the_recipes_own_model_so_notebooks_share_one_cache():
     from clip_helpers.training.recipes import MINI_RECIPE, mini_clip_path
 
