@@ -1,16 +1,16 @@
-"""Does the mini-CLIP compose? Prompts it never saw, attribute binding, and held-out pairs over seeds.
+"""Does the mini-CLIP compose? Prompts it never saw and held-out pairs over seeds (binding: clip_helpers.binding).
 
 The mini-CLIP learns its language from its captions alone (shape_captions: colour, shape, size words, a second
 shape, "a circle in red"; training_texts), a few dozen distinct tokens. A word outside them ("crimson",
 "quadrilateral") keeps the random embedding it
 was initialised with (no caption ever gave it a gradient), so prompts that use it test nothing the model
 learned. That is the lesson, against CLIP's 400M pairs: CLIP's vocabulary was trained; this one was not.
-
-The binding test mirrors Winoground (Thrush et al. 2022) and ARO (Yuksekgonul et al. 2023): a scene holding
-a red square and a blue circle is scored against "a red square and a blue circle." and the swapped
-"a blue square and a red circle.". Both sentences hold the same words, so only binding can tell them apart;
-chance is 50%, and the literature finds even CLIP near it on such pairs.
 """
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 import torch
@@ -18,11 +18,11 @@ from clip.simple_tokenizer import SimpleTokenizer
 
 from . import shape_captions
 from .features import encode_images
-from .training.recipes import train_mini_clip
-from .shapes import (COLOUR_SYNONYMS, COLOURS, HELD_OUT, SHAPE_SYNONYMS, SHAPES, SHAPES_NEW_WORD_TEMPLATES,
-                     SHAPES_RECOMBINED_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset, crop_boxes, draw_scene)
+from .training.recipes import mini_clip_path, train_mini_clip
+from .shapes import (COLOUR_SYNONYMS, COLOURS, SHAPE_SYNONYMS, SHAPES, SHAPES_NEW_WORD_TEMPLATES,
+                     SHAPES_RECOMBINED_TEMPLATES, SHAPES_TEMPLATES, ShapesDataset)
 from .similarity import normalize
-from .text import encode_texts, fill
+from .text import fill
 from .zeroshot import build_classifier, scores
 
 TEMPLATE_SETS = {
@@ -55,8 +55,14 @@ CLASS_NAME_SETS = {
 
 def tokens_of(texts: list[str]) -> set[str]:
     """The BPE tokens (as strings, e.g. 'red</w>') of `texts`, as clip.tokenize splits them."""
-    tokenizer = SimpleTokenizer()
+    tokenizer = bpe()
     return {tokenizer.decoder[token] for text in texts for token in tokenizer.encode(text)}
+
+
+@lru_cache(maxsize=1)
+def bpe() -> SimpleTokenizer:
+    """clip's tokenizer, built once: building it reads its 49,408-token vocabulary (about 0.2 s)."""
+    return SimpleTokenizer()
 
 
 def training_texts() -> list[str]:
@@ -68,9 +74,15 @@ def training_texts() -> list[str]:
     return [fill(template, name) for template in SHAPES_TEMPLATES for name in class_names_for()] + sample
 
 
+@lru_cache(maxsize=1)
+def training_tokens() -> frozenset[str]:
+    """tokens_of(training_texts()), tokenized once: prompt_table asks for it 15 times per model."""
+    return frozenset(tokens_of(training_texts()))
+
+
 def unseen_tokens(texts: list[str]) -> list[str]:
     """The tokens of `texts` that no training caption holds: their embeddings are still the random init."""
-    return sorted(tokens_of(texts) - tokens_of(training_texts()))
+    return sorted(tokens_of(texts) - training_tokens())
 
 
 @torch.no_grad()
@@ -95,113 +107,6 @@ def prompt_table(model, image_features: torch.Tensor, labels: torch.Tensor,
                          "top1": scores(image_features, labels, classifier)["top1"],
                          "n unseen tokens": len(unseen), "unseen tokens": " ".join(unseen)})
     return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------- attribute binding
-
-def binding_pairs(n_scenes: int, seed: int = 0, include_heldout: bool = False) -> list[list[tuple[str, str]]]:
-    """n_scenes pairs of objects [(c1, s1), (c2, s2)] with c1 != c2 and s1 != s2 (else the swap changes nothing).
-
-    Unless include_heldout, the four pairs involved (both objects and both swapped ones) are all seen in
-    training, so the test asks only about binding, not about pairs the model never saw.
-    """
-    rng = np.random.default_rng(seed)
-    excluded = set() if include_heldout else set(HELD_OUT)
-    pairs = []
-    while len(pairs) < n_scenes:
-        (c1, c2), (s1, s2) = rng.choice(COLOURS, 2, replace=False), rng.choice(SHAPES, 2, replace=False)
-        if not {(c1, s1), (c2, s2), (c2, s1), (c1, s2)} & excluded:
-            pairs.append([(str(c1), str(s1)), (str(c2), str(s2))])
-    return pairs
-
-
-def swap_colours(objects: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """[(c2, s1), (c1, s2)] for [(c1, s1), (c2, s2)]: the same words, the colours bound to the other shapes."""
-    (c1, s1), (c2, s2) = objects
-    return [(c2, s1), (c1, s2)]
-
-
-def sentence(objects: list[tuple[str, str]]) -> str:
-    return " and ".join(fill("a {}", f"{colour} {shape}") for colour, shape in objects) + "."
-
-
-def binding_credit(true_scores: torch.Tensor, swapped_scores: torch.Tensor) -> torch.Tensor:
-    """1 where the true description scores higher, 0 where lower, 0.5 on a tie.
-
-    A tie gets half: a text tower blind to word order gives both sentences one feature, and is at chance.
-    """
-    return (true_scores > swapped_scores).float() + 0.5 * (true_scores == swapped_scores).float()
-
-
-@torch.no_grad()
-def text_features_of(model, texts: list[str]) -> torch.Tensor:
-    return normalize(encode_texts(model, texts).float())
-
-
-@torch.no_grad()
-def image_features_of(model, preprocess, images) -> torch.Tensor:
-    batch = torch.stack([preprocess(image) for image in images]).to(model.positional_embedding.device)
-    return normalize(model.encode_image(batch).float())
-
-
-def binding_test(model, preprocess, n_scenes: int = 100, seed: int = 0, scene_size: int = 64,
-                 object_size: int = 32, include_heldout: bool = False) -> pd.DataFrame:
-    """One row per two-object scene: whole-scene and per-object (crop) binding, and crop classification.
-
-    Whole scene: the scene goes through `preprocess`, i.e. is resized to the model's input
-    (model.visual.input_resolution, 32 px for the mini-CLIP): a 64 px scene of 32 px cells shrinks 2x, so
-    each object spans a 16 px cell, about half the size of the training images' shapes, with a few pixels
-    of outline left to tell a star from a cross. column `scene credit` (binding_credit of the cosines).
-    Crops: each object's box is cropped and resized to `object_size`, a single-shape image like the training
-    ones; the true assignment (crop 1 "a c1 s1.", crop 2 "a c2 s2.") is scored against the swapped one by
-    the sum of the two cosines (`crop credit`), and each crop is classified among the 36 classes with
-    SHAPES_TEMPLATES (`crops right`: both crops right). A control for the shrinking: `scene names an
-    object` is whether the whole scene's 36-way class is one of its two objects (chance 2/36).
-    """
-    classifier = build_classifier(model, class_names_for(), SHAPES_TEMPLATES)
-    rows = []
-    for index, objects in enumerate(binding_pairs(n_scenes, seed, include_heldout)):
-        scene, placed = draw_scene(size=scene_size, object_size=object_size, seed=seed * 100_003 + index,
-                                   objects=objects)
-        swapped = swap_colours(objects)
-        scene_features = image_features_of(model, preprocess, [scene])
-        true_text, swapped_text = text_features_of(model, [sentence(objects), sentence(swapped)])
-        crops = crop_boxes(scene, [box for _, _, box in placed], size=object_size)
-        crop_features = image_features_of(model, preprocess, crops)
-        names = [fill("a {}.", f"{c} {s}") for c, s in objects + swapped]
-        crop_text = text_features_of(model, names)
-        crop_true = crop_features[0] @ crop_text[0] + crop_features[1] @ crop_text[1]
-        crop_swapped = crop_features[0] @ crop_text[2] + crop_features[1] @ crop_text[3]
-        classifier = classifier.to(crop_features.device)
-        predicted = (crop_features @ classifier.T).argmax(dim=1).tolist()
-        truth = [class_names_for().index(f"{c} {s}") for c, s in objects]
-        scene_class = int((scene_features @ classifier.T).argmax())
-        rows.append({"scene": index, "true sentence": sentence(objects), "swapped sentence": sentence(swapped),
-                     "scene cos true": float(scene_features[0] @ true_text),
-                     "scene cos swapped": float(scene_features[0] @ swapped_text),
-                     "crop score true": float(crop_true), "crop score swapped": float(crop_swapped),
-                     "crops right": predicted == truth, "scene names an object": scene_class in truth})
-    table = pd.DataFrame(rows)
-    table["scene credit"] = binding_credit(torch.tensor(table["scene cos true"].to_numpy()),
-                                           torch.tensor(table["scene cos swapped"].to_numpy())).numpy()
-    table["crop credit"] = binding_credit(torch.tensor(table["crop score true"].to_numpy()),
-                                          torch.tensor(table["crop score swapped"].to_numpy())).numpy()
-    return table
-
-
-def binding_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Binding accuracy (%) with its standard error, beside chance, from binding_test's table; `ties` counts
-    scenes whose two descriptions scored the same (half credit each)."""
-    n = len(table)
-    rows = {}
-    for name, column, chance in (("whole scene, true vs swapped sentence", "scene credit", 50.0),
-                                 ("crops, true vs swapped assignment", "crop credit", 50.0),
-                                 ("crops, both classified right (36-way)", "crops right", 100 / 36 ** 2),
-                                 ("whole scene, 36-way class is one of its objects", "scene names an object", 200 / 36)):
-        values = table[column].astype(float)
-        rows[name] = {"accuracy (%)": 100 * values.mean(), "standard error (%)": 100 * values.std(ddof=1) / np.sqrt(n),
-                      "chance (%)": chance, "ties": int((values == 0.5).sum()), "n scenes": n}
-    return pd.DataFrame(rows).T
 
 
 # ---------------------------------------------------------------- held-out pairs over seeds
@@ -238,11 +143,32 @@ def course_seeds(recipe: dict, n_seeds: int = 3) -> list[int]:
 
 
 def train_seeds(seeds: list[int], recipe: dict | None = None, cache_dir: str = "data/weights",
-                progress: bool = False) -> dict:
+                progress: bool = False, processes: int | None = None) -> dict:
     """{seed: mini-CLIP} trained by recipes.train_mini_clip with the recipe's seed replaced; each is cached
-    in cache_dir under its own recipe hash (the seed is part of the recipe), so a rerun only loads them."""
-    return {seed: train_mini_clip({**(recipe or {}), "seed": seed}, cache_dir=cache_dir, progress=progress)[0]
-            for seed in seeds}
+    in cache_dir under its own recipe hash (the seed is part of the recipe), so a rerun only loads them.
+
+    Two or more seeds not yet cached train at once, each in its own process of one torch thread, up to
+    `processes` at a time (None: the CPU count; 1: one after the other, in this process, with its threads)."""
+    by_seed = {seed: {**(recipe or {}), "seed": seed} for seed in seeds}
+    missing = [by_seed[seed] for seed in seeds if not mini_clip_path(by_seed[seed], cache_dir).is_file()]
+    workers = min(len(missing), processes or os.cpu_count() or 1)
+    if workers > 1:
+        train_in_processes(missing, cache_dir, workers)
+    return {seed: train_mini_clip(seed_recipe, cache_dir=cache_dir, progress=progress)[0]
+            for seed, seed_recipe in by_seed.items()}
+
+
+def train_in_processes(recipes: list[dict], cache_dir, workers: int) -> None:
+    """Train and cache each recipe's mini-CLIP in a process of its own, one torch thread each: on 2 cores two
+    such processes trained two seeds in about the time one 2-thread process took for one (README)."""
+    context = multiprocessing.get_context("spawn")  # a fork would inherit this process's OpenMP pool, which can hang
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        list(pool.map(train_on_one_thread, recipes, [str(cache_dir)] * len(recipes)))
+
+
+def train_on_one_thread(recipe: dict, cache_dir: str) -> None:
+    torch.set_num_threads(1)
+    train_mini_clip(recipe, cache_dir=cache_dir, progress=False)
 
 
 def outcome(true_name: str, predicted_name: str) -> str:

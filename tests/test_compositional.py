@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from clip_helpers import binding as bind
 from clip_helpers import compositional as comp
 from clip_helpers.models import build_random_clip, preprocess_for
 from clip_helpers.shapes import (COLOUR_SYNONYMS, HELD_OUT, SHAPE_SYNONYMS, SHAPES_NEW_WORD_TEMPLATES,
@@ -91,20 +92,20 @@ def test_prompt_table_scores_each_pair_of_sets_as_zeroshot_would(mini):
 # ---------------------------------------------------------------- attribute binding
 
 def test_swapped_sentence_swaps_the_colours_between_the_shapes():
-    for objects in comp.binding_pairs(50, seed=3):
+    for objects in bind.binding_pairs(50, seed=3):
         (c1, s1), (c2, s2) = objects
         assert c1 != c2 and s1 != s2
-        swapped = comp.swap_colours(objects)
+        swapped = bind.swap_colours(objects)
         assert swapped == [(c2, s1), (c1, s2)]
-        true, other = comp.sentence(objects), comp.sentence(swapped)
+        true, other = bind.sentence(objects), bind.sentence(swapped)
         assert true != other and Counter(true.split()) == Counter(other.split())  # the same words
         assert true == f"{fill('a {}', f'{c1} {s1}')} and {fill('a {}', f'{c2} {s2}')}."  # "an orange ..."
         assert not set(objects + swapped) & set(HELD_OUT)
 
 
 def test_binding_pairs_can_include_held_out_pairs_when_asked():
-    pairs = comp.binding_pairs(200, seed=0, include_heldout=True)
-    assert any(set(p + comp.swap_colours(p)) & set(HELD_OUT) for p in pairs)
+    pairs = bind.binding_pairs(200, seed=0, include_heldout=True)
+    assert any(set(p + bind.swap_colours(p)) & set(HELD_OUT) for p in pairs)
 
 
 def test_binding_credit_by_hand_on_known_features():
@@ -112,7 +113,7 @@ def test_binding_credit_by_hand_on_known_features():
     image = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     true = torch.tensor([[0.8, 0.6], [0.8, 0.6], [1.0, 0.0]])
     swapped = torch.tensor([[0.6, 0.8], [0.6, 0.8], [1.0, 0.0]])
-    credit = comp.binding_credit((image * true).sum(1), (image * swapped).sum(1))
+    credit = bind.binding_credit((image * true).sum(1), (image * swapped).sum(1))
     # cosines: 0.8 vs 0.6 (true wins), 0.6 vs 0.8 (swapped wins), 0.6 vs 0.6 (tie: an order-blind text tower)
     assert credit.tolist() == [1.0, 0.0, 0.5]
 
@@ -120,7 +121,7 @@ def test_binding_credit_by_hand_on_known_features():
 def test_binding_summary_is_the_mean_credit_with_its_standard_error():
     table = pd.DataFrame({"scene credit": [1.0, 0.0, 0.5, 1.0], "crop credit": [1.0, 1.0, 1.0, 0.0],
                           "crops right": [True, False, False, False], "scene names an object": [True] * 4})
-    summary = comp.binding_summary(table)
+    summary = bind.binding_summary(table)
     scene = summary.loc["whole scene, true vs swapped sentence"]
     assert scene["accuracy (%)"] == pytest.approx(62.5)
     assert scene["standard error (%)"] == pytest.approx(100 * np.std([1, 0, 0.5, 1], ddof=1) / 2)
@@ -132,20 +133,20 @@ def test_binding_summary_is_the_mean_credit_with_its_standard_error():
 
 def test_binding_test_matches_clips_own_forward(mini):
     preprocess = preprocess_for(32)
-    table = comp.binding_test(mini, preprocess, n_scenes=3, seed=5)
+    table = bind.binding_test(mini, preprocess, n_scenes=3, seed=5)
     assert len(table) == 3
-    objects = comp.binding_pairs(3, seed=5)[1]
+    objects = bind.binding_pairs(3, seed=5)[1]
     scene, placed = draw_scene(size=64, object_size=32, seed=5 * 100_003 + 1, objects=objects)
     assert [(c, s) for c, s, _ in placed] == objects
     crops = crop_boxes(scene, [box for _, _, box in placed], size=32)
-    swapped = comp.swap_colours(objects)
+    swapped = bind.swap_colours(objects)
     with torch.no_grad():
         images = mini.encode_image(torch.stack([preprocess(image) for image in [scene] + crops]))
-        texts = mini.encode_text(clip.tokenize([comp.sentence(objects), comp.sentence(swapped)]
+        texts = mini.encode_text(clip.tokenize([bind.sentence(objects), bind.sentence(swapped)]
                                                + [f"a {c} {s}." for c, s in objects + swapped], context_length=16))
     cos = torch.nn.functional.cosine_similarity(images[:, None], texts[None], dim=-1)
     row = table.iloc[1]
-    assert row["true sentence"] == comp.sentence(objects)
+    assert row["true sentence"] == bind.sentence(objects)
     assert row["scene cos true"] == pytest.approx(cos[0, 0].item(), abs=1e-5)
     assert row["scene cos swapped"] == pytest.approx(cos[0, 1].item(), abs=1e-5)
     assert row["crop score true"] == pytest.approx((cos[1, 2] + cos[2, 3]).item(), abs=1e-5)
@@ -155,7 +156,7 @@ def test_binding_test_matches_clips_own_forward(mini):
     classifier = zeroshot.build_classifier(mini, comp.class_names_for(), SHAPES_TEMPLATES)
     scene_class = comp.class_names_for()[int((images[0] @ classifier.T).argmax())]
     assert row["scene names an object"] == (scene_class in [f"{c} {s}" for c, s in objects])
-    assert set(comp.binding_summary(table).index) == {"whole scene, true vs swapped sentence",
+    assert set(bind.binding_summary(table).index) == {"whole scene, true vs swapped sentence",
                                                      "crops, true vs swapped assignment",
                                                      "crops, both classified right (36-way)",
                                                      "whole scene, 36-way class is one of its objects"}
@@ -252,6 +253,22 @@ def test_train_seeds_caches_one_model_per_seed(tmp_path: Path):
     assert not torch.equal(models[0].token_embedding.weight, models[1].token_embedding.weight)
     again = comp.train_seeds([1], SMOKE_RECIPE, cache_dir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(again[1].state_dict().values(), models[1].state_dict().values()))
+
+
+@pytest.mark.slow
+def test_seeds_trained_in_processes_equal_those_trained_here_on_one_thread(tmp_path: Path):
+    """train_seeds' processes (one thread each) must train what this process trains with one thread: the same
+    recipe, seed and cache file, only elsewhere."""
+    parallel = comp.train_seeds([0, 1], SMOKE_RECIPE, cache_dir=tmp_path / "parallel", processes=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = comp.train_seeds([0, 1], SMOKE_RECIPE, cache_dir=tmp_path / "here", processes=1)
+    finally:
+        torch.set_num_threads(threads)
+    for seed in (0, 1):
+        for name, tensor in here[seed].state_dict().items():
+            torch.testing.assert_close(parallel[seed].state_dict()[name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_course_seeds_start_with_the_recipes_own_model_so_notebooks_share_one_cache():

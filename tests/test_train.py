@@ -174,6 +174,24 @@ def test_mini_clip_splits_never_share_an_image():
     assert len(class_names) == 36
 
 
+def test_the_mini_clip_recipe_trains_and_scores_the_same_with_or_without_bf16_hardware(monkeypatch):
+    """MINI_RECIPE's amp=None must reach every step and score: autocast would make the course's mini-CLIPs
+    depend on whether the CPU has bf16."""
+    from clip_helpers import device
+    from clip_helpers.models import build_random_clip
+    assert recipes.MINI_RECIPE["amp"] is None
+    recipe = {**SMOKE_RECIPE, "amp": recipes.MINI_RECIPE["amp"], "n_per_class": 8}
+    histories = []
+    for has_bf16 in (False, True):
+        monkeypatch.setattr(device, "cpu_has_bf16", lambda: has_bf16)
+        history = recipes.fit_on_shapes(build_random_clip("mini", seed=0), recipe, progress=False)
+        histories.append(history.drop(columns=["seconds"]))
+    assert histories[0].equals(histories[1])
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)  # the control: autocast does change the numbers
+    autocast = recipes.fit_on_shapes(build_random_clip("mini", seed=0), {**recipe, "amp": "auto"}, progress=False)
+    assert not histories[0]["train_loss"].equals(autocast["train_loss"])
+
+
 @pytest.mark.slow
 def test_train_mini_clip_smoke_recipe_trains_caches_and_reloads(tmp_path):
     model, preprocess, history = recipes.train_mini_clip(SMOKE_RECIPE, cache_dir=tmp_path, progress=False)
