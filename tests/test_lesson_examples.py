@@ -53,5 +53,5 @@ def test_training_curves_draw_the_report_batches_score_and_its_ceiling():
     history = pd.DataFrame({"epoch": [0, 1], "val_top1": [50.0, 80.0], "report_inbatch_acc": [75.0, 90.0],
                             "report_inbatch_max": [92.0, 92.0]})
     labels = [line.get_label() for line in plots.training_curves(history).axes[1].lines]
-    assert labels == ["zero-shot top-1 over all classes (kit)", "in-batch matching, the report's batches",
+    assert labels == ["top-1 over all classes (kit)", "in-batch matching, the report's batches",
                       "ceiling on the report's batches (repeated classes)"]

@@ -66,7 +66,8 @@ def accuracy_bars(table, title, ylabel="accuracy (%)", errors=None):
     """Grouped bars from a DataFrame: one group per row (index), one bar per column, values on top; `errors`
     (a DataFrame of the same shape, e.g. the std over seeds; NaN for none) as error bars. The legend sits
     outside the axes, so it never hides a bar."""
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table) + 2), 4))
+    # wide enough that each bar's value (fontsize 8) fits over its own bar: about 0.45 inch per bar, plus the legend
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table) + 2, 0.45 * len(table) * len(table.columns) + 4.5), 4))
     yerr = None if errors is None else errors.reindex_like(table).set_axis([str(i) for i in table.index])
     table.set_axis([str(i) for i in table.index]).plot.bar(ax=ax, width=0.8, rot=0, yerr=yerr, capsize=3)
     bar_groups = [bars for bars in ax.containers if isinstance(bars, matplotlib.container.BarContainer)]
@@ -149,9 +150,9 @@ def training_curves(history, title="Fine-tuning: loss and validation accuracy pe
                                   ("train_loss_floor", "floor of the training loss (same-class images per batch)", "C0--"),
                                   ("val_loss", "validation loss", "o-"),
                                   ("val_loss_floor", "floor of the validation loss (same-class images per batch)", "C1--"))),
-                       (acc_ax, (("val_top1", "zero-shot top-1 over all classes (kit)", "C0o-"),
+                       (acc_ax, (("val_top1", "top-1 over all classes (kit)", "C0o-"),
                                  ("val_inbatch_acc", "in-batch matching (report's evaluateModel), kit's batches", "C1x--"),
-                                 ("held_out_top1", "zero-shot top-1 on held-out pairs", "C2o-"),
+                                 ("held_out_top1", "top-1 on held-out pairs (zero-shot)", "C2o-"),
                                  ("val_inbatch_max", "ceiling of in-batch matching (same-class images)", "C1:"),
                                  ("report_inbatch_acc", "in-batch matching, the report's batches", "C3s-"),
                                  ("report_inbatch_max", "ceiling on the report's batches (repeated classes)", "C3:")))):
