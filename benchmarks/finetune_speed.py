@@ -48,6 +48,7 @@ from clip_helpers.zeroshot import build_classifier, evaluate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path, its modules are beside it
 import accuracy_costs  # noqa: E402
+import compiled_step  # noqa: E402
 import profile_step  # noqa: E402
 import results_file  # noqa: E402
 from speed_summary import print_evaluation, print_training, result_figures  # noqa: E402
@@ -98,11 +99,12 @@ def kit_precisions(device):
     return {"kit": None} | ({"kit_bf16": "bfloat16"} if bf16 else {})
 
 
-def time_training(base, batch, device, steps, warmup, matmul_size=2048):
+def time_training(base, batch, device, steps, warmup, matmul_size=2048, compile_bf16=False):
     """(figures, report_model, kit_model). figures: "report", "kit" (fp32) and, where bf16 is hardware,
     "kit_bf16" images/s over `steps` timed steps each after `warmup` untimed ones; "<name>_gflop" per step;
     "kit_optimizer_seconds", the kit's AdamW update alone (work every exact step must do besides its matrix
-    products). kit_model is the fp32 one."""
+    products). kit_model is the fp32 one. `compile_bf16` (with bf16): also "kit_bf16_compiled", the bf16 step
+    with its image tower compiled (benchmarks/compiled_step.py), and "compile_seconds", its first call's."""
     images, labels = batch
     texts = bare_captions(labels.tolist())
     # The report's loader yields clip.tokenize(texts): 77 tokens, the context of OpenAI's models.
@@ -114,6 +116,8 @@ def time_training(base, batch, device, steps, warmup, matmul_size=2048):
         report.trainStep(report_model, report_optimizer, report_batch, device).item()  # its loop calls .item()
 
     kits = {name: kit_step_for(base, device, images, labels, texts, amp) for name, amp in kit_precisions(device).items()}
+    compiled = compiled_step.add_compiled(kits, lambda: kit_step_for(base, device, images, labels, texts, "bfloat16"),
+                                          enabled=compile_bf16)
     steps_fns = {"report": report_step} | {name: step for name, (_, _, step) in kits.items()}
     # The ceiling's parts (matrix-product rate, AdamW's update on the kit's gradients) are timed inside the same
     # rounds as the steps: timed apart, a busy moment of the machine would put the kit above its own ceiling.
@@ -123,11 +127,12 @@ def time_training(base, batch, device, steps, warmup, matmul_size=2048):
     fns = steps_fns | {f"{prefix}matmul": fn for prefix, (fn, _) in probes.items()} | {"adamw": kits["kit"][1].step}
     times = dict(zip(fns, interleaved_seconds(list(fns.values()), device, steps, warmup)))
     figures = {name: steps * len(images) / times[name] for name in steps_fns}
-    figures |= {f"{name}_gflop": step_gflop(fn) for name, fn in steps_fns.items()}
+    # the compiled step does the eager bf16 step's work; FlopCounterMode would count it through a recompile
+    figures |= {f"{name}_gflop": step_gflop(fn) for name, fn in steps_fns.items() if name != "kit_bf16_compiled"}
     figures |= {f"{prefix}matmul_rate": steps * gflop / times[f"{prefix}matmul"] for prefix, (_, gflop) in probes.items()}
     figures["kit_optimizer_seconds"] = times["adamw"] / steps
     figures["fused_adamw"] = bool(kits["kit"][1].defaults.get("fused"))
-    return figures, report_model, kits["kit"][0]
+    return figures | compiled, report_model, kits["kit"][0]
 
 
 def time_evaluation(report_model, kit_model, batches, device, repeats, warmup, templates=("{}",)):
@@ -176,6 +181,9 @@ def training_ceilings(training, batch_size, device, matmul_size=2048):
         ceiling = batch_size / (training[f"{kit}_gflop"] / rate + training["kit_optimizer_seconds"])
         result |= {f"{prefix}matmul_gflop_per_s": round(rate, 1), f"{prefix}ceiling_images_per_s": round(ceiling, 3),
                    f"{kit}_fraction_of_{prefix}ceiling": round(training[kit] / ceiling, 3)}
+    if "kit_bf16_compiled" in training:  # the same work as the eager bf16 step, so the same ceiling
+        result["kit_bf16_compiled_fraction_of_bf16_ceiling"] = round(
+            training["kit_bf16_compiled"] / result["bf16_ceiling_images_per_s"], 3)
     if "kit_bf16" in training:
         result["kit_bf16_gflop_per_step"] = round(training["kit_bf16_gflop"], 4)
         result["kit_bf16_speedup_over_fp32"] = round(training["kit_bf16"] / training["kit"], 3)
@@ -208,6 +216,8 @@ def parse_args(argv=None):
                         help="with --accuracy: only int8 against fp32, without training a second model")
     parser.add_argument("--no-profile", action="store_true", help="skip the profile of the kit's fp32 and bf16 steps "
                         "(benchmarks/profile_step.py: where each step's time goes, in the results as step_profile)")
+    parser.add_argument("--compile", action="store_true", help="also time the bf16 step with its image tower "
+                        "compiled by torch.compile (needs a C++ compiler; compiling takes a minute or more)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--out", default=None, help="write the speed figures to this .json file and a markdown "
                         "table of the key ones, with the machine, beside it (.md); `make benchmark`: outputs/benchmark.json")
@@ -238,7 +248,8 @@ def speed_comparison(args):
     batches = synthetic_batches(args.eval_batches, args.batch_size, base.visual.input_resolution)
     print(f"{args.model}, batch {args.batch_size}, device {device}, {torch.get_num_threads()} CPU threads, "
           f"kit autocast by default {autocast_dtype(device)}; {warmup} warm-up + {steps} timed steps each, interleaved")
-    training, report_model, kit_model = time_training(base, batches[0], device, steps, warmup, settings["matmul_size"])
+    training, report_model, kit_model = time_training(base, batches[0], device, steps, warmup, settings["matmul_size"],
+                                                      compile_bf16=args.compile and compiled_step.ready())
     ceilings = training_ceilings(training, args.batch_size, device, settings["matmul_size"])
     print_training(training, ceilings)
     templates = CIFAR10_TEMPLATES if args.ensemble else ["{}"]

@@ -16,6 +16,7 @@ MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf1
 KEY_FIGURES = [
     ("kit fp32 step / fp32 ceiling", "kit_fraction_of_ceiling", "{:.0%}"),
     ("kit bf16 step / bf16 ceiling", "kit_bf16_fraction_of_bf16_ceiling", "{:.0%}"),
+    ("kit bf16 step, image tower compiled / bf16 ceiling", "kit_bf16_compiled_fraction_of_bf16_ceiling", "{:.0%}"),
     ("target for both", "fraction_target", "{:.0%}"),
     ("int8 evaluation / report's evaluation", "int8_eval_speedup", "{:.2f}x"),
     ("kit evaluation / report's evaluation", "eval_speedup", "{:.2f}x"),
@@ -28,6 +29,7 @@ KEY_FIGURES = [
     ("fp32 matrix products, GFLOP/s", "matmul_gflop_per_s", "{:.0f}"),
     ("bf16 matrix products, GFLOP/s", "bf16_matmul_gflop_per_s", "{:.0f}"),
     ("bf16 model FLOPs utilisation (GPU)", "kit_bf16_mfu", "{:.1%}"),
+    ("torch.compile of the image tower (its first step), s", "compile_seconds", "{:.1f}"),
 ]
 
 

@@ -27,6 +27,10 @@ def print_training(training, ceilings):
               f"{ceilings['bf16_ceiling_images_per_s']:.2f} images/s, the kit's bf16 step at "
               f"{ceilings['kit_bf16_fraction_of_bf16_ceiling']:.0%} of it and {ceilings['kit_bf16_speedup_over_fp32']:.2f}x "
               f"its fp32 step")
+    if "kit_bf16_compiled" in training:
+        print(f"            bf16 with the image tower compiled (torch.compile): {training['kit_bf16_compiled']:.2f} "
+              f"images/s, {ceilings['kit_bf16_compiled_fraction_of_bf16_ceiling']:.0%} of the bf16 ceiling; compiling "
+              f"(its first step) took {training['compile_seconds']:.1f} s")
     if "kit_bf16_mfu" in ceilings:
         mfu = ceilings["kit_bf16_mfu"]
         print(f"            {ceilings['gpu_name']}: model FLOPs utilisation of the bf16 step "
@@ -60,6 +64,9 @@ def result_figures(args, settings, training, ceilings, evaluation, templates):
               "kit_eval_templates": len(templates), "kit_eval_precision": evaluation["kit_precision"]} | ceilings
     if "kit_bf16" in training:
         result["kit_bf16_train_images_per_s"] = round(training["kit_bf16"], 3)
+    if "kit_bf16_compiled" in training:
+        result |= {"kit_bf16_compiled_train_images_per_s": round(training["kit_bf16_compiled"], 3),
+                   "compile_seconds": round(training["compile_seconds"], 2)}
     if "kit_int8" in evaluation:
         result |= {"kit_int8_eval_images_per_s": round(evaluation["kit_int8"], 3),
                    "int8_eval_speedup": round(evaluation["kit_int8"] / evaluation["report"], 3),
