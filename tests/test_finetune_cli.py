@@ -1,3 +1,4 @@
+import re
 import shlex
 import subprocess
 import sys
@@ -144,7 +145,8 @@ def test_cli_ctrl_c_says_where_the_checkpoint_is_and_the_command_that_resumes(tm
     monkeypatch.setattr(train, "train_step", original)
 
     # Resuming with other settings is refused, each difference named; the printed command resumes.
-    with pytest.raises(SystemExit, match=r"lr: 0\.002 -> 0\.5; .*train_images: 32 -> 48"):
+    recipe_lr = re.escape(f"{recipes.MINI_RECIPE['lr']:g}")  # the mini model's default lr
+    with pytest.raises(SystemExit, match=rf"lr: {recipe_lr} -> 0\.5; .*train_images: 32 -> 48"):
         finetune.main([*command[3:], "--lr", "0.5", "--train-size", "48"])
     history = finetune.main(command[3:])
     assert history["epoch"].tolist() == [1, 2]
