@@ -13,12 +13,18 @@ from clip_helpers.models import build_random_clip  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_tool(name):
-    """The project's script tools/<name>.py as a module (tools/ is no package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+def load_tool(name, folder="tools"):
+    """The project's script <folder>/<name>.py as a module (tools/ and benchmarks/ are no packages)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    """benchmarks/finetune_speed.py as a module."""
+    return load_tool("finetune_speed", "benchmarks")
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,6 @@
 """The speed benchmark runs and reports what it promises (its timings are not asserted: see benchmarks/)."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import clip
 import pytest
@@ -10,16 +8,6 @@ import torch
 
 from clip_helpers.replication import report
 from clip_helpers.device import cpu_has_bf16
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "finetune_speed.py"
-
-
-@pytest.fixture(scope="module")
-def benchmark():
-    spec = importlib.util.spec_from_file_location("finetune_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow  # times every step and evaluation it compares

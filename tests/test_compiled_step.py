@@ -1,21 +1,9 @@
 """finetune_speed --compile (benchmarks/compiled_step.py): the bf16 step with its image tower compiled by
 torch.compile computes what the eager bf16 step does, within bf16's rounding; it is skipped, said why, where it
 cannot run; and it is measured against the eager step's ceiling."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "finetune_speed.py"
-
-
-@pytest.fixture(scope="module")
-def benchmark():
-    spec = importlib.util.spec_from_file_location("finetune_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def one_step(benchmark, base, batch, amp, compile_tower=False):

@@ -97,13 +97,7 @@ def test_reproduce_results_say_the_precision_beside_each_number():
     assert "Linear probe CIFAR-10 top-1, ViT-B/32, bf16," in table
 
 
-def test_the_benchmarks_fp32_accuracy_column_is_fp32(mini, bf16_cpu, monkeypatch):
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("finetune_speed", Path(__file__).parents[1] / "benchmarks" /
-                                                  "finetune_speed.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+def test_the_benchmarks_fp32_accuracy_column_is_fp32(mini, bf16_cpu, monkeypatch, benchmark):
     seen = autocast_seen(mini, monkeypatch)
     dataset = TensorDataset(torch.randn(4, 3, 32, 32), torch.arange(4) % 2)
     benchmark.accuracy_costs.predictions(mini, dataset, build_classifier(mini, ["a", "b"], ["{}"]))
